@@ -1,0 +1,82 @@
+"""Argument types, output helpers and error conventions shared by the ``deeprg`` commands.
+
+Errors in user input are raised as :class:`UsageError` (or as ``argparse.ArgumentTypeError`` from
+an argument type) before any work starts; :func:`deeprg.cli.main` turns them into a one-line
+``deeprg: error: ...`` message and exit status 2, as argparse does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deeprg.models.ising import parse_coupling
+
+
+class UsageError(Exception):
+    """Bad user input found after parsing (exit status 2)."""
+
+
+def coupling(value: str) -> float:
+    """argparse type for ``--beta``: ``critical`` or a finite float > 0."""
+    try:
+        return parse_coupling(value, "beta")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def int_at_least(minimum: int):
+    """argparse type: an integer >= ``minimum``."""
+
+    def parse(value: str) -> int:
+        try:
+            v = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def writable_file(path: str, option: str) -> Path:
+    """Check, before any work, that ``path`` can be created or replaced; return it."""
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise UsageError(f"{option}: {path!r} is a directory, expected a file path")
+    if not parent.is_dir():
+        raise UsageError(f"{option}: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{option}: directory {str(parent)!r} is not writable")
+    return p
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays and dataclass-like records to JSON types."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if hasattr(obj, "to_dict"):
+        return to_jsonable(obj.to_dict())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def print_json(summary: dict) -> None:
+    json.dump(to_jsonable(summary), sys.stdout, indent=2, allow_nan=True)
+    sys.stdout.write("\n")

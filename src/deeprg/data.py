@@ -1,0 +1,312 @@
+"""Spin datasets on disk.
+
+File format ``deeprg.spins/1``: an ``.npz`` archive (``np.savez_compressed``) with exactly the
+arrays
+
+* ``spins``: ``int8`` array of shape ``(n, *lattice_shape)``, ``n >= 1``, values ``-1``/``+1``
+  (the package convention of :mod:`deeprg.models.ising`);
+* ``metadata``: 0-d unicode array holding a JSON object with at least the keys in
+  :data:`REQUIRED_KEYS` (extra keys are allowed and preserved).
+
+Files are read with ``allow_pickle=False`` and written atomically (temporary file in the target
+directory, then ``os.replace``). Every problem with a file is reported as a
+:class:`DatasetError` whose one-line message starts with the path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import zipfile
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import deeprg
+from deeprg.lattice import Lattice
+
+__all__ = ["FORMAT", "REQUIRED_KEYS", "DatasetError", "SpinDataset", "save_dataset", "load_dataset"]
+
+#: Format identifier stored in ``metadata["format"]``.
+FORMAT = "deeprg.spins/1"
+
+#: Metadata keys every dataset must carry.
+REQUIRED_KEYS = (
+    "format",
+    "model",
+    "lattice_shape",
+    "d",
+    "K",
+    "sampler",
+    "updates_between_samples",
+    "seed",
+    "n_chains",
+    "tau_int",
+    "deeprg_version",
+    "created",
+)
+
+
+class DatasetError(ValueError):
+    """A spin dataset file (or a dataset about to be written) is missing, unreadable or invalid.
+
+    The message is a single line that names the path and the problem."""
+
+
+@dataclass(frozen=True, eq=False)
+class SpinDataset:
+    """Spin configurations with the metadata describing how they were made.
+
+    Attributes
+    ----------
+    spins:
+        ``(n, *lattice_shape)`` int8 array of +-1.
+    metadata:
+        JSON-serialisable dict with at least :data:`REQUIRED_KEYS`: ``format`` (= :data:`FORMAT`),
+        ``model`` (str, e.g. ``"ising"``), ``lattice_shape`` (list of ints), ``d`` (int,
+        ``len(lattice_shape)``), ``K`` (float coupling, ``H = -K sum s_i s_j``), ``sampler``
+        (str), ``updates_between_samples`` (int >= 1), ``seed`` (int), ``n_chains`` (int >= 1),
+        ``tau_int`` (float or ``None``; integrated autocorrelation time in units of stored
+        samples), ``deeprg_version`` (str), ``created`` (ISO 8601 time).
+
+    Validation happens in :func:`save_dataset` and :func:`load_dataset`.
+    """
+
+    spins: np.ndarray
+    metadata: dict[str, Any]
+
+    @classmethod
+    def new(
+        cls,
+        spins: np.ndarray,
+        *,
+        K: float,
+        sampler: str,
+        updates_between_samples: int,
+        seed: int,
+        n_chains: int = 1,
+        tau_int: float | None = None,
+        model: str = "ising",
+        **extra: Any,
+    ) -> SpinDataset:
+        """Dataset with metadata filled in: ``format``, ``lattice_shape`` and ``d`` from
+        ``spins.shape[1:]``, the installed ``deeprg_version`` and ``created`` = now (UTC).
+        ``extra`` keyword arguments become additional metadata keys."""
+        spins = np.asarray(spins)
+        shape = [int(s) for s in spins.shape[1:]]
+        metadata = {
+            "format": FORMAT,
+            "model": model,
+            "lattice_shape": shape,
+            "d": len(shape),
+            "K": float(K),
+            "sampler": sampler,
+            "updates_between_samples": int(updates_between_samples),
+            "seed": int(seed),
+            "n_chains": int(n_chains),
+            "tau_int": None if tau_int is None else float(tau_int),
+            "deeprg_version": deeprg.__version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **extra,
+        }
+        return cls(spins, metadata)
+
+    @property
+    def n(self) -> int:
+        """Number of configurations."""
+        return int(self.spins.shape[0])
+
+    @property
+    def lattice(self) -> Lattice:
+        """The :class:`Lattice` of ``metadata["lattice_shape"]``."""
+        return Lattice(tuple(self.metadata["lattice_shape"]))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _metadata_problem(meta: Any) -> str | None:
+    """What is wrong with ``meta`` (one line), or ``None``."""
+    if not isinstance(meta, dict):
+        return f"metadata must be a JSON object, got {type(meta).__name__}"
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        return f"metadata is missing required key(s): {', '.join(missing)}"
+    if meta["format"] != FORMAT:
+        return f"unsupported format {meta['format']!r} (expected {FORMAT!r})"
+    shape = meta["lattice_shape"]
+    if not isinstance(shape, (list, tuple)) or not all(_is_int(s) for s in shape):
+        return f"metadata lattice_shape must be a list of ints, got {shape!r}"
+    try:
+        Lattice(tuple(shape))
+    except ValueError as exc:
+        return f"metadata lattice_shape is invalid: {exc}"
+    checks = [
+        ("model", isinstance(meta["model"], str), "a string"),
+        ("d", meta["d"] == len(shape) and _is_int(meta["d"]), f"len(lattice_shape) = {len(shape)}"),
+        ("K", _is_real(meta["K"]), "a finite number"),
+        ("sampler", isinstance(meta["sampler"], str), "a string"),
+        (
+            "updates_between_samples",
+            _is_int(meta["updates_between_samples"]) and meta["updates_between_samples"] >= 1,
+            "an int >= 1",
+        ),
+        ("seed", _is_int(meta["seed"]), "an int"),
+        ("n_chains", _is_int(meta["n_chains"]) and meta["n_chains"] >= 1, "an int >= 1"),
+        (
+            "tau_int",
+            meta["tau_int"] is None or (_is_real(meta["tau_int"]) and meta["tau_int"] >= 0),
+            "null or a finite number >= 0",
+        ),
+        ("deeprg_version", isinstance(meta["deeprg_version"], str), "a string"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            return f"metadata {key} must be {expected}, got {meta[key]!r}"
+    try:
+        datetime.fromisoformat(meta["created"])
+    except (TypeError, ValueError):
+        return f"metadata created must be an ISO 8601 time, got {meta['created']!r}"
+    try:
+        json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"metadata is not JSON-serialisable: {exc}"
+    return None
+
+
+def _spins_problem(spins: np.ndarray, shape: list[int]) -> str | None:
+    """What is wrong with ``spins`` for lattice ``shape`` (one line), or ``None``."""
+    if spins.dtype != np.int8:
+        return f"spins must be int8, got {spins.dtype}"
+    if spins.ndim != len(shape) + 1 or list(spins.shape[1:]) != list(shape):
+        expected = "(n, " + ", ".join(str(s) for s in shape) + ")"
+        return f"spins shape {spins.shape} does not match metadata lattice_shape {expected}"
+    if spins.shape[0] < 1:
+        return f"spins hold no configurations (shape {spins.shape}, need n >= 1)"
+    bad = np.flatnonzero((spins != 1) & (spins != -1))
+    if bad.size:
+        return (
+            f"spins contain {bad.size} value(s) other than -1/+1 "
+            f"(e.g. {int(spins.flat[bad[0]])} at flat index {int(bad[0])})"
+        )
+    return None
+
+
+def _validate(spins: np.ndarray, metadata: Any, path: Path) -> None:
+    problem = _metadata_problem(metadata) or _spins_problem(spins, metadata["lattice_shape"])
+    if problem:
+        raise DatasetError(f"{path}: {problem}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def save_dataset(path: str | os.PathLike[str], dataset: SpinDataset) -> Path:
+    """Validate ``dataset`` and write it to exactly ``path`` (no suffix is added; use ``.npz``).
+
+    The file is written to a temporary file in the same directory and moved into place with
+    ``os.replace``, so ``path`` is either the old file or the complete new one; on any failure
+    no new file is left behind. Raises :class:`DatasetError` if the dataset is invalid (before
+    anything is written) or the directory is missing or not writable. Returns the path.
+    """
+    path = Path(path)
+    spins = np.asarray(dataset.spins)
+    _validate(spins, dataset.metadata, path)
+    directory = path.parent
+    if not directory.is_dir():
+        raise DatasetError(f"{path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise DatasetError(f"{path}: directory {directory} is not writable")
+    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot write in {directory}: {_one_line(exc)}") from exc
+    try:
+        with open(fd, "wb") as fh:
+            np.savez_compressed(
+                fh, spins=spins, metadata=np.array(json.dumps(dataset.metadata, allow_nan=False))
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DatasetError(f"{path}: writing failed: {_one_line(exc)}") from exc
+        raise
+    return path
+
+
+def load_dataset(
+    path: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    d: int | None = None,
+    lattice_shape: tuple[int, ...] | list[int] | None = None,
+) -> SpinDataset:
+    """Read and validate a ``deeprg.spins/1`` dataset.
+
+    ``model``, ``d`` and ``lattice_shape``, when given, must match the dataset's metadata.
+    Raises :class:`DatasetError` (one line naming ``path``) if the file is missing, not an
+    ``.npz`` archive, not a deeprg spin dataset, or invalid in any way checked by
+    :func:`save_dataset`, or does not match the request.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    if not path.is_file():
+        raise DatasetError(f"{path}: not a regular file")
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(
+            f"{path}: not an .npz archive (not a valid zip file: corrupt, truncated or another "
+            "format)"
+        )
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{path}: not a readable .npz archive: {_one_line(exc)}") from exc
+    with archive:
+        found = sorted(archive.files)
+        if "spins" not in found or "metadata" not in found:
+            raise DatasetError(
+                f"{path}: not a deeprg spin dataset (needs arrays 'spins' and 'metadata', "
+                f"found: {', '.join(found) or 'none'})"
+            )
+        try:
+            spins = archive["spins"]
+            meta_array = archive["metadata"]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DatasetError(f"{path}: cannot read array data: {_one_line(exc)}") from exc
+    if meta_array.ndim != 0 or meta_array.dtype.kind != "U":
+        raise DatasetError(
+            f"{path}: metadata must be a 0-d unicode array holding JSON, got dtype "
+            f"{meta_array.dtype} shape {meta_array.shape}"
+        )
+    try:
+        metadata = json.loads(str(meta_array[()]))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: metadata is not valid JSON: {_one_line(exc)}") from exc
+    _validate(spins, metadata, path)
+    if model is not None and metadata["model"] != model:
+        raise DatasetError(f"{path}: dataset model is {metadata['model']!r}, expected {model!r}")
+    if d is not None and metadata["d"] != d:
+        raise DatasetError(f"{path}: dataset has d={metadata['d']}, expected d={d}")
+    if lattice_shape is not None and list(metadata["lattice_shape"]) != list(lattice_shape):
+        raise DatasetError(
+            f"{path}: dataset lattice_shape is {metadata['lattice_shape']}, "
+            f"expected {list(lattice_shape)}"
+        )
+    return SpinDataset(spins, metadata)

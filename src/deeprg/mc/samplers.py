@@ -1,0 +1,482 @@
+"""Markov-chain Monte Carlo samplers of the Ising model ``H = -K sum_<ij> s_i s_j``.
+
+One API over three update kernels (:mod:`deeprg.mc.kernels`)::
+
+    sampler = make_sampler("wolff", Lattice((32, 32)), K_C, seed=1, n_chains=2)
+    run = sampler.run(100_000, thin="auto")      # burn-in, then 50_000 samples per chain
+    run.spins            # (2, 50_000, 32, 32) int8
+    run.series["energy"] # (2, 50_000) float64, E = -sum_<ij> s_i s_j (units of J)
+
+Units of Monte Carlo time ("updates"): one Wolff cluster flip (``"wolff"``), one full
+Swendsen-Wang update (``"sw"``), one Metropolis sweep over all N sites (``"metropolis"``).
+
+Chains start from independent uniformly random configurations (hot start) and each owns one
+random stream seeded from ``numpy.random.SeedSequence(seed).spawn(n_chains)``, so results depend
+only on ``(sampler, lattice, K, seed, n_chains)`` and the sequence of calls, never on the number
+of threads or the chunk size. The chain state persists between calls: a second :meth:`Sampler.run`
+continues the same chains.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from deeprg.lattice import Lattice
+from deeprg.mc import kernels
+from deeprg.mc.stats import integrated_autocorr_time
+from deeprg.models.ising import parse_coupling
+
+__all__ = ["DEFAULT_BURN_IN_SWEEPS", "SAMPLERS", "SampleRun", "Sampler", "make_sampler"]
+
+#: Names accepted by :func:`make_sampler`.
+SAMPLERS = ("wolff", "sw", "metropolis")
+
+#: Default burn-in in sweep-equivalents (N spin updates): that many updates for ``"sw"`` and
+#: ``"metropolis"``; for ``"wolff"`` as many cluster flips as flip ``DEFAULT_BURN_IN_SWEEPS * N``
+#: sites in total at the measured mean cluster size.
+DEFAULT_BURN_IN_SWEEPS = 500
+
+#: A pilot (the recorded second half of the burn-in) shorter than this many ``tau_int`` of the
+#: energy gives a warning when ``thin="auto"``.
+_MIN_PILOT_IN_TAU = 50.0
+
+#: Default chunk: at most this many bytes of spins per chunk (all chains together).
+_CHUNK_BYTES = 1 << 24
+
+Observable = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class SampleRun:
+    """Samples of a :class:`Sampler` (one :meth:`Sampler.run`, or one chunk of
+    :meth:`Sampler.stream`).
+
+    Attributes
+    ----------
+    sampler, lattice, K, seed, n_chains:
+        What produced the samples.
+    thin:
+        Updates between consecutive saved samples of a chain (chosen value if ``"auto"``).
+    burn_in:
+        Updates per chain discarded before the first saved sample by this call (0 when the
+        chains were continued without burn-in).
+    spins:
+        ``(n_chains, n_per_chain, *lattice.shape)`` int8 configurations, or ``None`` when not
+        kept. Sample ``k`` of chain ``c`` was taken ``thin * (k + 1)`` updates after the burn-in.
+    series:
+        ``name -> (n_chains, n_per_chain)`` float64 time series: ``"energy"`` (total
+        ``E = -sum_<ij> s_i s_j``, units of J), ``"magnetization"`` (total ``M = sum_i s_i``),
+        and one per user observable.
+    seconds:
+        Wall time of the call (burn-in, sampling, measurements), in seconds.
+    mean_cluster_size:
+        Wolff only: mean number of sites per cluster flip during sampling; else ``None``.
+    """
+
+    sampler: str
+    lattice: Lattice
+    K: float
+    seed: int
+    n_chains: int
+    thin: int
+    burn_in: int
+    spins: np.ndarray | None
+    series: dict[str, np.ndarray] = field(repr=False)
+    seconds: float
+    mean_cluster_size: float | None = None
+
+    @property
+    def n_per_chain(self) -> int:
+        return int(self.series["energy"].shape[1])
+
+    @property
+    def n_samples(self) -> int:
+        """Total number of saved samples, all chains together."""
+        return self.n_chains * self.n_per_chain
+
+    def spins_flat(self) -> np.ndarray:
+        """All configurations as ``(n_samples, *lattice.shape)`` int8, chain after chain (a view
+        when possible)."""
+        if self.spins is None:
+            raise ValueError("spins were not kept (run with keep_spins=True)")
+        return self.spins.reshape((self.n_samples,) + self.lattice.shape)
+
+    def flat(self, name: str) -> np.ndarray:
+        """Series ``name`` as one ``(n_samples,)`` array, chain after chain (order of
+        :meth:`spins_flat`)."""
+        return self._series(name).reshape(-1)
+
+    def per_site(self, name: str) -> np.ndarray:
+        """Series ``name`` divided by the number of sites, ``(n_chains, n_per_chain)`` (e.g. the
+        energy per site ``e = E / N`` or magnetization per site ``m = M / N``)."""
+        return self._series(name) / self.lattice.n_sites
+
+    def _series(self, name: str) -> np.ndarray:
+        if name not in self.series:
+            raise KeyError(f"no series {name!r}; available: {sorted(self.series)}")
+        return self.series[name]
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class Sampler:
+    """``n_chains`` independent Markov chains of one update kind; build with
+    :func:`make_sampler`.
+
+    Attributes: ``name``, ``lattice``, ``K``, ``seed``, ``n_chains``, ``n_updates`` (updates per
+    chain so far), ``equilibrated`` (whether a burn-in has been done).
+    """
+
+    def __init__(self, name: str, lattice: Lattice, K: float, seed: int, n_chains: int) -> None:
+        self.name = name
+        self.lattice = lattice
+        self.K = K
+        self.seed = seed
+        self.n_chains = n_chains
+        self.n_updates = 0
+        self.equilibrated = False
+        n = lattice.n_sites
+        # Writable C-contiguous copy: numba compiles one specialization for it.
+        self._nbr = np.array(lattice.neighbors, dtype=np.int32, order="C")
+        self._rng = kernels.seed_states(seed, n_chains)
+        self._spins = np.empty((n_chains, n), dtype=np.int8)
+        for c in range(n_chains):
+            kernels.random_spins(self._spins[c], self._rng[c])
+        p_add = -math.expm1(-2.0 * K)
+        if name == "wolff":
+            self._threshold = kernels.probability_threshold(p_add)
+            self._stack = np.empty((n_chains, n), dtype=np.int32)
+        elif name == "sw":
+            self._threshold = kernels.probability_threshold(p_add)
+            self._parent = np.empty((n_chains, n), dtype=np.int32)
+            self._decision = np.empty((n_chains, n), dtype=np.int8)
+        else:
+            self._order = kernels.metropolis_order(lattice.shape)
+            self._thresholds = kernels.acceptance_thresholds(K, 2 * lattice.d)
+
+    def __repr__(self) -> str:
+        return (
+            f"Sampler({self.name!r}, lattice={self.lattice}, K={self.K!r}, seed={self.seed}, "
+            f"n_chains={self.n_chains}, n_updates={self.n_updates})"
+        )
+
+    @property
+    def spins(self) -> np.ndarray:
+        """Current configuration of every chain, ``(n_chains, *lattice.shape)`` int8 (a copy)."""
+        return self._spins.reshape((self.n_chains,) + self.lattice.shape).copy()
+
+    # ---- kernel dispatch -------------------------------------------------------------------
+    def _advance(self, c: int, n_between: int, out_spins, out_e, out_m) -> int:
+        """Chain ``c``: ``out_e.shape[0]`` times ``n_between`` updates then a measurement.
+        Returns the number of flipped sites for Wolff, else 0."""
+        if self.name == "wolff":
+            return int(
+                kernels.wolff_chain(
+                    self._spins[c], self._nbr, self._threshold, n_between,
+                    out_spins, out_e, out_m, self._rng[c], self._stack[c],
+                )
+            )
+        if self.name == "sw":
+            kernels.sw_chain(
+                self._spins[c], self._nbr, self._threshold, n_between,
+                out_spins, out_e, out_m, self._rng[c], self._parent[c], self._decision[c],
+            )
+        else:
+            kernels.metropolis_chain(
+                self._spins[c], self._nbr, self._order, self._thresholds, n_between,
+                out_spins, out_e, out_m, self._rng[c],
+            )
+        return 0
+
+    def _advance_all(
+        self, n_between: int, n_save: int, spins_out: np.ndarray | None, pool
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """All chains: ``n_save`` times ``n_between`` updates and a measurement. Configurations
+        go to ``spins_out`` ((n_chains, n_save, N) int8) when given. Returns energies and
+        magnetizations ``(n_chains, n_save)`` and the total Wolff cluster sites."""
+        energy = np.empty((self.n_chains, n_save))
+        mag = np.empty((self.n_chains, n_save))
+        no_spins = np.empty((0, self.lattice.n_sites), dtype=np.int8)
+
+        def task(c: int) -> int:
+            out = no_spins if spins_out is None else spins_out[c]
+            return self._advance(c, n_between, out, energy[c], mag[c])
+
+        if pool is None:
+            sites = sum(task(c) for c in range(self.n_chains))
+        else:
+            sites = sum(pool.map(task, range(self.n_chains)))
+        self.n_updates += n_between * n_save
+        return energy, mag, sites
+
+    # ---- burn-in ---------------------------------------------------------------------------
+    def _burn_in(self, burn_in: int | None, record: bool, pool) -> tuple[int, np.ndarray | None]:
+        """Discard updates; returns ``(updates per chain, pilot)`` where the pilot is the energy
+        after every update of the second half of the burn-in, ``(n_chains, n)``, if ``record``."""
+        if burn_in is None and self.name == "wolff":
+            return self._wolff_default_burn_in(record, pool)
+        n = DEFAULT_BURN_IN_SWEEPS if burn_in is None else burn_in
+        if not record:
+            if n > 0:
+                self._advance_all(n, 1, None, pool)
+            return n, None
+        half = n // 2
+        if n - half > 0:
+            self._advance_all(n - half, 1, None, pool)
+        pilot = self._advance_all(1, half, None, pool)[0] if half > 0 else None
+        return n, pilot
+
+    def _wolff_default_burn_in(self, record: bool, pool) -> tuple[int, np.ndarray | None]:
+        """Cluster flips until ``DEFAULT_BURN_IN_SWEEPS * N`` sites have been flipped per chain
+        at the mean cluster size measured so far (pooled over chains), in rounds."""
+        target_sites = DEFAULT_BURN_IN_SWEEPS * self.lattice.n_sites
+        done, sites, rounds = 0, 0.0, []
+        size = DEFAULT_BURN_IN_SWEEPS
+        while True:
+            if record:
+                energy, _, s = self._advance_all(1, size, None, pool)
+                rounds.append(energy)
+            else:
+                s = self._advance_all(size, 1, None, pool)[2]
+            done += size
+            sites += s / self.n_chains
+            needed = math.ceil(target_sites * done / sites)
+            if done >= needed:
+                break
+            size = needed - done
+        pilot = np.concatenate(rounds, axis=1)[:, done // 2 :] if record else None
+        return done, pilot
+
+    def _auto_thin(self, pilot: np.ndarray) -> int:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            tau = integrated_autocorr_time(pilot)
+        if pilot.shape[1] < _MIN_PILOT_IN_TAU * tau:
+            warnings.warn(
+                f"thin='auto': the pilot ({pilot.shape[1]} updates) is shorter than "
+                f"{_MIN_PILOT_IN_TAU:g} tau_int of the energy (tau_int = {tau:.3g} updates); "
+                "the chosen thin may be too small; pass a larger burn_in",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return max(1, math.ceil(2.0 * tau))
+
+    # ---- sampling --------------------------------------------------------------------------
+    def stream(
+        self,
+        n_samples: int,
+        thin: int | str = 1,
+        burn_in: int | None = None,
+        observables: Mapping[str, Observable] | None = None,
+        keep_spins: bool = True,
+        chunk: int | None = None,
+        n_threads: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[SampleRun]:
+        """Sample in chunks; yields one :class:`SampleRun` per chunk of ``chunk`` saved samples
+        per chain (the last may be shorter), so that long runs need not be held in memory.
+
+        Parameters
+        ----------
+        n_samples:
+            Total number of saved samples, all chains together; a multiple of ``n_chains``.
+        thin:
+            Updates between saved samples (int >= 1), or ``"auto"``: ``max(1, ceil(2 tau_int))``
+            with ``tau_int`` (in updates) of the energy measured after every update of the
+            second half of the burn-in (all chains pooled); warns if that pilot is shorter than
+            50 ``tau_int``.
+        burn_in:
+            Updates per chain to discard first (Wolff: cluster flips). ``None``: on the first
+            call, or whenever ``thin="auto"``, :data:`DEFAULT_BURN_IN_SWEEPS` sweep-equivalents;
+            otherwise 0 (the chains continue).
+        observables:
+            ``name -> f`` with ``f`` mapping int8 spins ``(batch, *lattice.shape)`` to
+            ``(batch,)``; each adds a series (names ``energy`` and ``magnetization`` are taken).
+        keep_spins:
+            Whether the chunks carry the configurations.
+        chunk:
+            Saved samples per chain per chunk; default: at most 16 MiB of spins per chunk and,
+            with ``progress``, at most 1/100 of the run.
+        n_threads:
+            Threads running chains concurrently; default ``min(n_chains, os.cpu_count())``.
+        progress:
+            Show a tqdm progress bar over saved samples on stderr.
+
+        The arguments are checked when ``stream`` is called; the burn-in runs when the first
+        chunk is requested. Each chunk's ``seconds`` is its own wall time (the first includes
+        the burn-in).
+        """
+        n_per_chain = self._check_n_samples(n_samples)
+        if not (isinstance(thin, str) and thin == "auto"):
+            thin = _check_int(thin, "thin (or 'auto')", 1)
+        if burn_in is not None:
+            burn_in = _check_int(burn_in, "burn_in", 0)
+        if thin == "auto" and burn_in is not None and burn_in < 4:
+            raise ValueError(f"thin='auto' needs burn_in >= 4 (or None) for its pilot, got {burn_in}")
+        obs = self._check_observables(observables)
+        n_threads = self._check_threads(n_threads)
+        if chunk is None:
+            chunk = max(1, _CHUNK_BYTES // (self.n_chains * self.lattice.n_sites))
+            if progress:
+                chunk = min(chunk, max(1, n_per_chain // 100))
+        chunk = min(_check_int(chunk, "chunk", 1), n_per_chain)
+        return self._generate(n_per_chain, thin, burn_in, obs, keep_spins, chunk, n_threads,
+                              progress)
+
+    def _generate(self, n_per_chain, thin, burn_in, obs, keep_spins, chunk, n_threads, progress):
+        shape = self.lattice.shape
+        auto = thin == "auto"
+        if burn_in is None and self.equilibrated and not auto:
+            burn_in = 0
+        pool = ThreadPoolExecutor(n_threads) if n_threads > 1 else None
+        bar = tqdm(total=n_per_chain * self.n_chains, disable=not progress, file=sys.stderr,
+                   desc=f"{self.name} {self.lattice}", unit="sample")
+        try:
+            t0 = time.perf_counter()
+            burn_in, pilot = self._burn_in(burn_in, auto, pool)
+            self.equilibrated = True
+            if auto:
+                thin = self._auto_thin(pilot)
+            need_spins = keep_spins or bool(obs)
+            done = 0
+            while done < n_per_chain:
+                m = min(chunk, n_per_chain - done)
+                spins = (np.empty((self.n_chains, m, self.lattice.n_sites), dtype=np.int8)
+                         if need_spins else None)
+                energy, mag, sites = self._advance_all(thin, m, spins, pool)
+                series = {"energy": energy, "magnetization": mag}
+                if spins is not None:
+                    spins = spins.reshape((self.n_chains, m) + shape)
+                for name, f in obs.items():
+                    series[name] = self._evaluate(name, f, spins)
+                done += m
+                bar.update(m * self.n_chains)
+                t1 = time.perf_counter()
+                yield SampleRun(
+                    sampler=self.name, lattice=self.lattice, K=self.K, seed=self.seed,
+                    n_chains=self.n_chains, thin=thin, burn_in=burn_in,
+                    spins=spins if keep_spins else None, series=series, seconds=t1 - t0,
+                    mean_cluster_size=(sites / (self.n_chains * m * thin)
+                                       if self.name == "wolff" else None),
+                )
+                t0 = time.perf_counter()
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.shutdown()
+
+    def run(
+        self,
+        n_samples: int,
+        thin: int | str = 1,
+        burn_in: int | None = None,
+        observables: Mapping[str, Observable] | None = None,
+        keep_spins: bool = True,
+        n_threads: int | None = None,
+        progress: bool = False,
+        chunk: int | None = None,
+    ) -> SampleRun:
+        """Burn in (see :meth:`stream`), then save ``n_samples`` samples (``n_samples /
+        n_chains`` per chain, ``thin`` updates apart) and return them as one :class:`SampleRun`.
+        Arguments as in :meth:`stream`; the result does not depend on ``chunk`` or
+        ``n_threads``."""
+        t0 = time.perf_counter()
+        parts = list(self.stream(n_samples, thin=thin, burn_in=burn_in, observables=observables,
+                                 keep_spins=keep_spins, chunk=chunk, n_threads=n_threads,
+                                 progress=progress))
+        first = parts[0]
+        series = {k: np.concatenate([p.series[k] for p in parts], axis=1) for k in first.series}
+        spins = (np.concatenate([p.spins for p in parts], axis=1) if keep_spins else None)
+        mcs = None
+        if self.name == "wolff":
+            mcs = float(np.average([p.mean_cluster_size for p in parts],
+                                   weights=[p.n_per_chain for p in parts]))
+        return SampleRun(
+            sampler=self.name, lattice=self.lattice, K=self.K, seed=self.seed,
+            n_chains=self.n_chains, thin=first.thin, burn_in=first.burn_in, spins=spins,
+            series=series, seconds=time.perf_counter() - t0, mean_cluster_size=mcs,
+        )
+
+    # ---- argument checks -------------------------------------------------------------------
+    def _check_n_samples(self, n_samples) -> int:
+        n_samples = _check_int(n_samples, "n_samples", 1)
+        if n_samples % self.n_chains:
+            raise ValueError(
+                f"n_samples must be a multiple of n_chains={self.n_chains}, got {n_samples}"
+            )
+        return n_samples // self.n_chains
+
+    def _check_threads(self, n_threads) -> int:
+        if n_threads is None:
+            return min(self.n_chains, os.cpu_count() or 1)
+        return min(_check_int(n_threads, "n_threads", 1), self.n_chains)
+
+    @staticmethod
+    def _check_observables(observables) -> dict[str, Observable]:
+        if observables is None:
+            return {}
+        if not isinstance(observables, Mapping):
+            raise ValueError("observables must be a mapping name -> callable, "
+                             f"got {type(observables).__name__}")
+        for name, f in observables.items():
+            if not isinstance(name, str) or name in ("energy", "magnetization"):
+                raise ValueError("observable names must be strings other than 'energy' and "
+                                 f"'magnetization', got {name!r}")
+            if not callable(f):
+                raise ValueError(f"observable {name!r} must be callable, got {f!r}")
+        return dict(observables)
+
+    def _evaluate(self, name: str, f: Observable, spins: np.ndarray) -> np.ndarray:
+        c, m = spins.shape[:2]
+        values = np.asarray(f(spins.reshape((c * m,) + self.lattice.shape)), dtype=np.float64)
+        if values.shape != (c * m,):
+            raise ValueError(f"observable {name!r} must return shape ({c * m},) for {c * m} "
+                             f"configurations, got {values.shape}")
+        return values.reshape(c, m)
+
+
+def make_sampler(
+    name: str,
+    lattice: Lattice | Sequence[int],
+    K: float | str,
+    seed: int = 0,
+    n_chains: int = 1,
+) -> Sampler:
+    """Build a :class:`Sampler`.
+
+    Parameters
+    ----------
+    name:
+        One of :data:`SAMPLERS`: ``"wolff"`` (single-cluster), ``"sw"`` (Swendsen-Wang),
+        ``"metropolis"`` (single-spin-flip sweeps).
+    lattice:
+        A :class:`~deeprg.lattice.Lattice` or its shape.
+    K:
+        Coupling ``K = beta J > 0`` (finite) or ``"critical"`` for the square-lattice ``K_C``.
+    seed:
+        Integer >= 0; chain ``c`` uses ``numpy.random.SeedSequence(seed).spawn(n_chains)[c]``.
+    n_chains:
+        Number of independent chains, >= 1.
+    """
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler name must be one of {SAMPLERS}, got {name!r}")
+    if not isinstance(lattice, Lattice):
+        lattice = Lattice(tuple(lattice))
+    K = parse_coupling(K, "K")
+    seed = _check_int(seed, "seed", 0)
+    n_chains = _check_int(n_chains, "n_chains", 1)
+    return Sampler(name, lattice, K, seed, n_chains)
