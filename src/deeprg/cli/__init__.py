@@ -1,4 +1,4 @@
-"""The ``deeprg`` command line: ``deeprg exact|sample|data ...``.
+"""The ``deeprg`` command line: ``deeprg flow|exact|sample|data ...``.
 
 Every subcommand module exposes ``add_parser(subparsers)`` and sets ``run(args) -> int``; numerical
 work lives in the library, this package only parses, validates, calls and prints.
@@ -11,7 +11,7 @@ import sys
 import warnings
 
 from deeprg import __version__
-from deeprg.cli import data, exact, sample
+from deeprg.cli import data, exact, flow, sample
 from deeprg.cli.common import UsageError
 from deeprg.data import DatasetError
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"deeprg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (exact, sample, data):
+    for module in (flow, exact, sample, data):
         module.add_parser(sub)
     return parser
 

@@ -81,6 +81,9 @@ class SampleRun:
         Wall time of the call (burn-in, sampling, measurements), in seconds.
     mean_cluster_size:
         Wolff only: mean number of sites per cluster flip during sampling; else ``None``.
+    pilot_tau_int:
+        With ``thin="auto"``: integrated autocorrelation time of the energy, in updates,
+        measured in the pilot (``thin = max(1, ceil(2 pilot_tau_int))``); else ``None``.
     """
 
     sampler: str
@@ -94,6 +97,7 @@ class SampleRun:
     series: dict[str, np.ndarray] = field(repr=False)
     seconds: float
     mean_cluster_size: float | None = None
+    pilot_tau_int: float | None = None
 
     @property
     def n_per_chain(self) -> int:
@@ -261,7 +265,8 @@ class Sampler:
         pilot = np.concatenate(rounds, axis=1)[:, done // 2 :] if record else None
         return done, pilot
 
-    def _auto_thin(self, pilot: np.ndarray) -> int:
+    def _pilot_tau(self, pilot: np.ndarray) -> float:
+        """``tau_int`` (updates) of the pilot energies ``(n_chains, n)``; warns if too short."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             tau = integrated_autocorr_time(pilot)
@@ -273,7 +278,7 @@ class Sampler:
                 RuntimeWarning,
                 stacklevel=4,
             )
-        return max(1, math.ceil(2.0 * tau))
+        return tau
 
     # ---- sampling --------------------------------------------------------------------------
     def stream(
@@ -349,8 +354,9 @@ class Sampler:
             t0 = time.perf_counter()
             burn_in, pilot = self._burn_in(burn_in, auto, pool)
             self.equilibrated = True
+            tau = self._pilot_tau(pilot) if auto else None
             if auto:
-                thin = self._auto_thin(pilot)
+                thin = max(1, math.ceil(2.0 * tau))
             need_spins = keep_spins or bool(obs)
             done = 0
             while done < n_per_chain:
@@ -372,6 +378,7 @@ class Sampler:
                     spins=spins if keep_spins else None, series=series, seconds=t1 - t0,
                     mean_cluster_size=(sites / (self.n_chains * m * thin)
                                        if self.name == "wolff" else None),
+                    pilot_tau_int=tau,
                 )
                 t0 = time.perf_counter()
         finally:
@@ -409,6 +416,7 @@ class Sampler:
             sampler=self.name, lattice=self.lattice, K=self.K, seed=self.seed,
             n_chains=self.n_chains, thin=first.thin, burn_in=first.burn_in, spins=spins,
             series=series, seconds=time.perf_counter() - t0, mean_cluster_size=mcs,
+            pilot_tau_int=first.pilot_tau_int,
         )
 
     # ---- argument checks -------------------------------------------------------------------

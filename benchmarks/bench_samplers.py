@@ -1,0 +1,184 @@
+"""Throughput of the Monte Carlo samplers: decorrelated Ising configurations per second.
+
+Run from the repository root (takes a few minutes; writes benchmarks/results/samplers.json and
+benchmarks/results/samplers.md)::
+
+    python benchmarks/bench_samplers.py
+
+For every sampler (wolff, sw, metropolis) and L = 16, 32, 64 at K = K_C on the periodic L x L
+lattice, twice: one chain on one thread ("1 core") and ``os.cpu_count()`` chains on as many
+threads ("all cores"):
+
+1. burn in (the sampler's default) and run a pilot of ``>= max(2000, 100 tau)`` updates saving
+   every update; ``tau`` = integrated autocorrelation time of the energy in updates (Sokal);
+2. production: ``thin = max(1, ceil(2 tau))`` updates between saved samples, for about
+   ``--seconds`` of wall time, spins kept (int8) and energy and magnetization measured;
+3. ``tau_saved`` = integrated autocorrelation time of the saved energies (in saved samples) and
+   ``decorrelated/s = saved/s / max(1, 2 tau_saved)``.
+
+One "update" is one Wolff cluster flip, one Swendsen-Wang update or one Metropolis sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from deeprg.mc import SAMPLERS, integrated_autocorr_time, make_sampler
+from deeprg.models.ising import K_C
+
+SIZES = (16, 32, 64)
+TARGET = {"sampler": "wolff", "L": 32, "per_core": 5000.0}
+
+
+def tau_int(x: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return integrated_autocorr_time(x)
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "platform": platform.platform(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def bench(name: str, L: int, n_chains: int, seconds: float, seed: int) -> dict:
+    sampler = make_sampler(name, (L, L), K_C, seed=seed, n_chains=n_chains)
+    n = 2000
+    pilot = sampler.run(n * n_chains, thin=1, keep_spins=False)
+    tau = tau_int(pilot.series["energy"])
+    if n < 100 * tau:  # extend the pilot to 100 tau
+        extra = math.ceil(100 * tau) - n
+        more = sampler.run(extra * n_chains, thin=1, keep_spins=False)
+        tau = tau_int(np.concatenate([pilot.series["energy"], more.series["energy"]], axis=1))
+    thin = max(1, math.ceil(2 * tau))
+    # Calibrate the production length from a short timed run, then time the production run.
+    probe = sampler.run(20 * n_chains, thin=thin)
+    per_sample = probe.seconds / 20
+    n_per_chain = max(50, int(seconds / per_sample))
+    t0 = time.perf_counter()
+    run = sampler.run(n_per_chain * n_chains, thin=thin)
+    wall = time.perf_counter() - t0
+    tau_saved = tau_int(run.series["energy"])
+    saved_rate = run.n_samples / wall
+    return {
+        "sampler": name,
+        "L": L,
+        "K": K_C,
+        "n_chains": n_chains,
+        "n_threads": min(n_chains, os.cpu_count() or 1),
+        "tau_energy_updates": tau,
+        "thin": thin,
+        "saved": run.n_samples,
+        "seconds": wall,
+        "updates_per_second": run.n_samples * thin / wall,
+        "saved_per_second": saved_rate,
+        "tau_energy_saved": tau_saved,
+        "decorrelated_per_second": saved_rate / max(1.0, 2.0 * tau_saved),
+        "mean_cluster_size": run.mean_cluster_size,
+        "energy_per_site": float(run.per_site("energy").mean()),
+    }
+
+
+def markdown(info: dict, rows: list[dict], target: dict) -> str:
+    lines = [
+        "# Sampler throughput (deeprg.mc)",
+        "",
+        "Command: `python benchmarks/bench_samplers.py` (see its docstring for the method).",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}, "
+        f"numpy {info['numpy']}, numba {info['numba']}; {info['platform']}; {info['date']}.",
+        "",
+        "Square lattice L x L at K = K_C. An update is one Wolff cluster flip, one Swendsen-Wang "
+        "update or one Metropolis sweep. `tau` is the integrated autocorrelation time of the "
+        "energy in updates (pilot run), `thin = ceil(2 tau)`, `tau_saved` the same for the saved "
+        "series (in saved samples); decorrelated/s = saved/s / max(1, 2 tau_saved). Energy and "
+        "magnetization are measured and int8 spins kept for every saved sample.",
+        "",
+        "| sampler | L | chains (threads) | tau [updates] | thin | us/update | saved/s "
+        "| tau_saved | decorrelated/s | mean cluster |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mcs = "" if r["mean_cluster_size"] is None else f"{r['mean_cluster_size']:.0f}"
+        lines.append(
+            f"| {r['sampler']} | {r['L']} | {r['n_chains']} ({r['n_threads']}) "
+            f"| {r['tau_energy_updates']:.2f} | {r['thin']} "
+            f"| {1e6 * r['n_threads'] / r['updates_per_second']:.1f} "
+            f"| {r['saved_per_second']:,.0f} | {r['tau_energy_saved']:.2f} "
+            f"| {r['decorrelated_per_second']:,.0f} | {mcs} |"
+        )
+    lines += [
+        "",
+        "us/update is per thread (wall time x threads / updates).",
+        "",
+        f"Target: >= {target['per_core']:,.0f} decorrelated {target['L']}x{target['L']} "
+        f"configurations per second per core with {target['sampler']}: measured "
+        f"{target['measured_per_core']:,.0f} on one core "
+        f"({'met' if target['met'] else 'NOT met'}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=2.0,
+                        help="wall time of each production run (default 2)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
+                        help="output directory (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    info = machine()
+    cores = os.cpu_count() or 1
+    # Compile (or load from the numba cache) before timing anything.
+    for name in SAMPLERS:
+        make_sampler(name, (4, 4), K_C).run(2, burn_in=1)
+    rows = []
+    for name in SAMPLERS:
+        for L in SIZES:
+            for n_chains in sorted({1, cores}):
+                r = bench(name, L, n_chains, args.seconds, seed=L)
+                rows.append(r)
+                print(f"{name:10s} L={L:3d} chains={n_chains}: tau={r['tau_energy_updates']:.2f} "
+                      f"thin={r['thin']} saved/s={r['saved_per_second']:,.0f} "
+                      f"tau_saved={r['tau_energy_saved']:.2f} "
+                      f"decorrelated/s={r['decorrelated_per_second']:,.0f}", flush=True)
+    one = next(r for r in rows if r["sampler"] == TARGET["sampler"] and r["L"] == TARGET["L"]
+               and r["n_chains"] == 1)
+    target = dict(TARGET, measured_per_core=one["decorrelated_per_second"],
+                  met=one["decorrelated_per_second"] >= TARGET["per_core"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {"machine": info, "method": __doc__, "target": target, "results": rows}
+    (args.out / "samplers.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "samplers.md").write_text(markdown(info, rows, target))
+    print(f"wrote {args.out / 'samplers.json'} and {args.out / 'samplers.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""A normalizing flow: standard normal prior on the latents and a hierarchy of bijectors.
+
+``x = g(z)`` with ``z ~ N(0, 1)`` on every site; ``ln q(x) = ln p(z) + log|det dz/dx|`` (Li & Wang
+Eq. 1; direction convention in :mod:`deeprg.flows.bijectors`). With ``symmetrize=True`` the
+density is the Z2-symmetric mixture ``q_s(x) = [q(x) + q(-x)] / 2``, sampled by drawing from ``q``
+and flipping the sign of the whole field with probability 1/2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from deeprg.flows.hierarchy import Hierarchy
+
+__all__ = ["Flow"]
+
+
+class Flow(nn.Module):
+    """Flow density over fields of shape ``(batch, *hierarchy.lattice.shape)``."""
+
+    def __init__(self, hierarchy: Hierarchy, symmetrize: bool = False) -> None:
+        super().__init__()
+        self.hierarchy = hierarchy
+        self.symmetrize = bool(symmetrize)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.hierarchy.lattice.shape
+
+    @property
+    def n_sites(self) -> int:
+        return self.hierarchy.lattice.n_sites
+
+    def _reference(self) -> Tensor:
+        return next(self.parameters())
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """Standard normal ``ln p(z)`` of latent fields ``(batch, *event_shape)`` -> ``(batch,)``."""
+        return -0.5 * z.reshape(z.shape[0], -1).pow(2).sum(1) - 0.5 * self.n_sites * math.log(2 * math.pi)
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        ref = self._reference()
+        return torch.randn((n, *self.event_shape), generator=generator, device=ref.device, dtype=ref.dtype)
+
+    def _base_log_prob(self, x: Tensor) -> Tensor:
+        z, logdet = self.hierarchy.renormalize(x)
+        return self.log_prior(z) + logdet
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``ln q(x)`` for fields ``(batch, *event_shape)`` -> ``(batch,)``."""
+        if not self.symmetrize:
+            return self._base_log_prob(x)
+        both = self._base_log_prob(torch.cat([x, -x]))
+        return torch.logaddexp(*both.chunk(2)) - math.log(2.0)
+
+    def sample_and_log_prob(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``n`` fields ``x ~ q`` and their ``ln q(x)``, differentiable in the parameters
+        (reparametrization); shapes ``(n, *event_shape)`` and ``(n,)``."""
+        z = self.sample_latent(n, generator)
+        x, logdet = self.hierarchy.generate(z)
+        log_q = self.log_prior(z) - logdet
+        if not self.symmetrize:
+            return x, log_q
+        log_q_flipped = self._base_log_prob(-x)
+        log_q = torch.logaddexp(log_q, log_q_flipped) - math.log(2.0)
+        ref = self._reference()
+        sign = torch.randint(0, 2, (n,), generator=generator, device=ref.device).to(x.dtype) * 2 - 1
+        return x * sign.reshape((n,) + (1,) * len(self.event_shape)), log_q
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` fields ``x ~ q``, shape ``(n, *event_shape)``."""
+        return self.sample_and_log_prob(n, generator)[0]

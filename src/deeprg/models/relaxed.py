@@ -1,0 +1,312 @@
+"""Continuous target densities for normalizing flows (torch).
+
+Every target follows the :class:`Target` protocol: an ``event_shape`` (the lattice shape), an
+unnormalized log-density ``log_prob_unnormalized(x)`` of fields ``x`` of shape
+``(batch, *event_shape)`` returning ``(batch,)``, and ``exact_ln_z``, the logarithm of the integral
+of ``exp(log_prob_unnormalized)`` over ``R^N`` where it is known (else ``None``), which is the exact
+lower bound of a flow's variational free energy ``F = -ln Z``.
+
+* :class:`RelaxedIsing` - the continuous relaxation of the Ising model used by NeuralRG
+  (Li & Wang, PRL 121, 260601 (2018), Eq. 7)::
+
+      ln pi(x) = -x^T (K + alpha I)^{-1} x / 2 + sum_i ln cosh(x_i),
+
+  with ``K`` the coupling matrix ``lattice.coupling_matrix(K)`` (so that the Ising weight is
+  ``exp(s^T K s / 2) = exp(-H(s))`` in the convention of :mod:`deeprg.models.ising`) and ``alpha``
+  an offset making ``A = K + alpha I`` positive definite. Writing
+  ``prod_i cosh(x_i) = 2^{-N} sum_s exp(s.x)`` and doing each Gaussian integral,
+  ``int dx exp(-x^T A^{-1} x / 2 + s.x) = (2 pi)^{N/2} det(A)^{1/2} exp(s^T A s / 2)`` with
+  ``s^T A s = s^T K s + alpha N``, gives::
+
+      ln Z = ln Z_Ising + (1/2) ln det(K + alpha I) + (N/2) [ln(pi/2) + alpha],
+
+  the seed's ``-ln Z = -ln Z_Ising - (1/2) ln det(K + alpha I) + (N/2)[ln(2/pi) - alpha]``.
+  Given ``x`` the spins are independent: ``pi(s|x) = prod_i 1 / (1 + exp(-2 s_i x_i))``, and the
+  marginal of ``s`` under ``pi(s|x) pi(x)`` is the Boltzmann distribution ``exp(s^T K s / 2)``.
+* :class:`GaussianTarget` - a correlated Gaussian ``-x^T P x / 2`` (exactly solvable test target).
+
+Matrices are held as float64 buffers (so ``module.to(device)`` moves them) and cast to the dtype of
+``x`` on use; they are dense ``N x N``, which suits lattices up to a few thousand sites.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from deeprg.lattice import Lattice
+from deeprg.models.exact import ising_chain, kaufman
+from deeprg.models.ising import parse_coupling
+
+__all__ = ["GaussianTarget", "RelaxedIsing", "Target", "log_cosh"]
+
+_LN2 = math.log(2.0)
+
+
+@runtime_checkable
+class Target(Protocol):
+    """The protocol every continuous target density of deeprg follows.
+
+    Attributes
+    ----------
+    event_shape:
+        Shape of one field, the lattice shape, e.g. ``(L, L)``; ``N = prod(event_shape)``.
+    exact_ln_z:
+        ``ln`` of ``int_{R^N} exp(log_prob_unnormalized(x)) dx``, or ``None`` if it is unknown.
+    """
+
+    event_shape: tuple[int, ...]
+    exact_ln_z: float | None
+
+    def log_prob_unnormalized(self, x: Tensor) -> Tensor:
+        """Unnormalized log-density of ``x`` of shape ``(batch, *event_shape)``; returns ``(batch,)``
+        in the dtype and on the device of ``x``, differentiable in ``x``."""
+        ...
+
+
+def _flatten_batch(x: Tensor, event_shape: tuple[int, ...]) -> Tensor:
+    """Check that ``x`` is a floating ``(batch, *event_shape)`` tensor; return it as ``(batch, N)``."""
+    if not isinstance(x, Tensor) or not torch.is_floating_point(x):
+        raise TypeError(f"x must be a floating-point torch tensor, got {type(x).__name__}"
+                        + (f" of dtype {x.dtype}" if isinstance(x, Tensor) else ""))
+    if x.dim() != len(event_shape) + 1 or tuple(x.shape[1:]) != tuple(event_shape):
+        raise ValueError(f"x must have shape (batch, {', '.join(map(str, event_shape))}), "
+                         f"got {tuple(x.shape)}")
+    return x.reshape(x.shape[0], -1)
+
+
+def _quadratic_form(flat: Tensor, matrix: Tensor) -> Tensor:
+    """``x^T M x`` for each row of ``flat`` ``(batch, N)``, in ``flat``'s dtype; shape ``(batch,)``."""
+    m = matrix.to(device=flat.device, dtype=flat.dtype)
+    return ((flat @ m) * flat).sum(dim=-1)
+
+
+def log_cosh(x: Tensor) -> Tensor:
+    """``ln cosh(x)`` elementwise, stable for any ``|x|``: ``|x| + log1p(exp(-2|x|)) - ln 2``."""
+    a = x.abs()
+    return a + torch.log1p(torch.exp(-2.0 * a)) - _LN2
+
+
+class RelaxedIsing(torch.nn.Module):
+    """The continuous relaxation of the Ising model, Li & Wang (2018) Eq. 7.
+
+    ``ln pi(x) = -x^T (K + alpha I)^{-1} x / 2 + sum_i ln cosh(x_i)`` for fields ``x`` of shape
+    ``(batch, *lattice.shape)``, where ``K = lattice.coupling_matrix(K)`` is the coupling matrix of
+    ``H = -K sum_<ij> s_i s_j`` (bond convention of :class:`~deeprg.lattice.Lattice`).
+
+    Parameters
+    ----------
+    lattice:
+        Periodic lattice (d = 1, 2, 3).
+    K:
+        Coupling ``beta J``, finite and > 0 (``'critical'`` gives ``K_C``); else ``ValueError``.
+    min_eigenvalue:
+        Choose ``alpha`` so that the lowest eigenvalue of ``K + alpha I`` equals this value
+        (> 0; default 0.1, the choice of the NeuralRG code). Ignored when ``alpha`` is given.
+    alpha:
+        Explicit offset; ``K + alpha I`` must be positive definite (lowest eigenvalue above
+        ``1e-10 * max(1, ||K||)``), else ``ValueError``.
+
+    Attributes
+    ----------
+    event_shape: ``lattice.shape``.
+    n_sites: ``N``.
+    precision: float64 buffer ``(N, N)``, ``(K + alpha I)^{-1}``.
+    ln_det: ``ln det(K + alpha I)``.
+    ln_z_ising: exact ``ln Z_Ising`` (Kaufman in 2D, transfer matrix in 1D), ``None`` in 3D.
+    exact_ln_z: ``ln Z_Ising + ln_det / 2 + (N/2)[ln(pi/2) + alpha]``, ``None`` in 3D.
+    """
+
+    def __init__(self, lattice: Lattice, K: float, *, min_eigenvalue: float = 0.1,
+                 alpha: float | None = None) -> None:
+        super().__init__()
+        if not isinstance(lattice, Lattice):
+            raise TypeError(f"lattice must be a deeprg Lattice, got {type(lattice).__name__}")
+        self._lattice = lattice
+        self._K = parse_coupling(K, "K")
+        coupling = lattice.coupling_matrix(self._K)
+        eigvals, eigvecs = np.linalg.eigh(coupling)
+        lowest = float(eigvals[0])
+        if alpha is None:
+            m = float(min_eigenvalue)
+            if not math.isfinite(m) or m <= 0:
+                raise ValueError(f"min_eigenvalue must be a finite number > 0, got {min_eigenvalue!r}")
+            self._alpha = m - lowest
+        else:
+            a = float(alpha)
+            # numerically positive definite: a singular or nearly singular A would make the
+            # precision matrix meaningless
+            tol = 1e-10 * max(1.0, float(np.abs(eigvals).max()))
+            if not math.isfinite(a) or lowest + a <= tol:
+                raise ValueError(
+                    f"alpha={alpha!r} does not make K + alpha I positive definite: its lowest "
+                    f"eigenvalue would be {lowest + a:.6g} (need alpha > {-lowest:.6g})")
+            self._alpha = a
+        w = eigvals + self._alpha  # eigenvalues of A = K + alpha I, all > 0
+        precision = (eigvecs / w) @ eigvecs.T
+        precision = 0.5 * (precision + precision.T)
+        self.register_buffer("precision", torch.from_numpy(precision).to(torch.float64))
+        self.event_shape: tuple[int, ...] = tuple(lattice.shape)
+        self.n_sites: int = lattice.n_sites
+        self.ln_det: float = float(np.sum(np.log(w)))
+        self.ln_z_ising: float | None = _ising_ln_z(lattice, self._K)
+        n = self.n_sites
+        self.exact_ln_z: float | None = (
+            None if self.ln_z_ising is None
+            else self.ln_z_ising + 0.5 * self.ln_det + 0.5 * n * (math.log(math.pi / 2) + self._alpha)
+        )
+
+    @property
+    def lattice(self) -> Lattice:
+        return self._lattice
+
+    @property
+    def K(self) -> float:
+        """The coupling ``beta J`` (the matrix is ``lattice.coupling_matrix(K)``)."""
+        return self._K
+
+    @property
+    def alpha(self) -> float:
+        """The diagonal offset of ``K + alpha I``."""
+        return self._alpha
+
+    def log_prob_unnormalized(self, x: Tensor) -> Tensor:
+        """``ln pi(x)`` of Eq. 7 for ``x`` of shape ``(batch, *event_shape)``; returns ``(batch,)``
+        in ``x``'s dtype and device (differentiable in ``x``)."""
+        flat = _flatten_batch(x, self.event_shape)
+        return -0.5 * _quadratic_form(flat, self.precision) + log_cosh(flat).sum(dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Alias of :meth:`log_prob_unnormalized`."""
+        return self.log_prob_unnormalized(x)
+
+    def spin_probability(self, x: Tensor) -> Tensor:
+        """``pi(s_i = +1 | x) = 1 / (1 + exp(-2 x_i))``, same shape as ``x``."""
+        return torch.sigmoid(2.0 * x)
+
+    @torch.no_grad()
+    def sample_spins(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Draw Ising spins ``s ~ pi(s|x) = prod_i 1 / (1 + exp(-2 s_i x_i))``.
+
+        ``x``: ``(batch, *event_shape)`` float tensor. ``generator``: a ``torch.Generator`` on
+        ``x``'s device for reproducible draws (``None``: torch's global generator).
+        Returns int8 +-1 spins of shape ``(batch, *event_shape)`` on ``x``'s device; ``E[s|x] =
+        tanh(x)``.
+        """
+        _flatten_batch(x, self.event_shape)
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        up = u < self.spin_probability(x)
+        return torch.where(up, 1, -1).to(torch.int8)
+
+    def extra_repr(self) -> str:
+        return f"lattice={self._lattice}, K={self._K:.6g}, alpha={self._alpha:.6g}"
+
+
+def _ising_ln_z(lattice: Lattice, K: float) -> float | None:
+    """Exact ``ln Z_Ising`` of ``lattice`` (1D or 2D), ``None`` in 3D."""
+    if lattice.d == 1:
+        return ising_chain(lattice.shape[0], K).ln_z
+    if lattice.d == 2:
+        return kaufman(*lattice.shape, K).ln_z
+    return None
+
+
+class GaussianTarget(torch.nn.Module):
+    """A correlated zero-mean Gaussian: ``log_prob_unnormalized(x) = -x^T P x / 2``.
+
+    Parameters
+    ----------
+    event_shape:
+        Shape of one field; ``N = prod(event_shape)``.
+    precision, covariance:
+        Exactly one, an ``(N, N)`` symmetric positive definite matrix (array or tensor); the
+        covariance is inverted. ``ValueError`` if it is not symmetric positive definite.
+
+    Attributes
+    ----------
+    precision: float64 buffer ``(N, N)``. covariance: float64 buffer ``(N, N)``, ``P^{-1}``.
+    exact_ln_z: ``(N/2) ln 2 pi - (1/2) ln det P``.
+    """
+
+    def __init__(self, event_shape: tuple[int, ...], *, precision=None, covariance=None) -> None:
+        super().__init__()
+        self.event_shape: tuple[int, ...] = tuple(int(s) for s in event_shape)
+        if not self.event_shape or any(s < 1 for s in self.event_shape):
+            raise ValueError(f"event_shape must be a non-empty tuple of positive ints, got {event_shape!r}")
+        n = int(np.prod(self.event_shape))
+        if (precision is None) == (covariance is None):
+            raise ValueError("give exactly one of precision and covariance")
+        name = "precision" if precision is not None else "covariance"
+        m = _as_numpy(precision if precision is not None else covariance)
+        if m.shape != (n, n):
+            raise ValueError(f"{name} must have shape ({n}, {n}) for event_shape {self.event_shape}, "
+                             f"got {m.shape}")
+        if not np.all(np.isfinite(m)) or not np.allclose(m, m.T, rtol=1e-10, atol=1e-12):
+            raise ValueError(f"{name} must be a finite symmetric matrix")
+        m = 0.5 * (m + m.T)
+        chol = _cholesky(m, name)
+        ln_det_m = 2.0 * float(np.sum(np.log(np.diag(chol))))
+        inv = np.linalg.inv(m)
+        inv = 0.5 * (inv + inv.T)
+        p, cov = (m, inv) if name == "precision" else (inv, m)
+        ln_det_p = ln_det_m if name == "precision" else -ln_det_m
+        self.register_buffer("precision", torch.from_numpy(p))
+        self.register_buffer("covariance", torch.from_numpy(cov))
+        self.register_buffer("_scale", torch.from_numpy(np.linalg.cholesky(cov)))
+        self.n_sites: int = n
+        self.ln_det_precision: float = ln_det_p
+        self.exact_ln_z: float | None = 0.5 * n * math.log(2.0 * math.pi) - 0.5 * ln_det_p
+
+    @classmethod
+    def lattice_correlated(cls, lattice: Lattice, c: float = 1.0, *, mass: float = 1.0) -> GaussianTarget:
+        """Translation-invariant Gaussian on ``lattice``: ``P = mass I + c L`` with the graph
+        Laplacian ``L = 2d I - A`` (``A`` = :meth:`Lattice.adjacency`), i.e. a free lattice field
+        ``sum_i mass x_i^2 / 2 + c sum_<ij> (x_i - x_j)^2 / 2``; ``c >= 0``, ``mass > 0``. The
+        correlation length grows like ``sqrt(c / mass)``."""
+        c, mass = float(c), float(mass)
+        if not math.isfinite(c) or c < 0:
+            raise ValueError(f"c must be a finite number >= 0, got {c!r}")
+        if not math.isfinite(mass) or mass <= 0:
+            raise ValueError(f"mass must be a finite number > 0, got {mass!r}")
+        adjacency = lattice.adjacency()
+        laplacian = 2 * lattice.d * np.eye(lattice.n_sites) - adjacency
+        return cls(lattice.shape, precision=mass * np.eye(lattice.n_sites) + c * laplacian)
+
+    def log_prob_unnormalized(self, x: Tensor) -> Tensor:
+        """``-x^T P x / 2`` for ``x`` of shape ``(batch, *event_shape)``; returns ``(batch,)`` in
+        ``x``'s dtype and device."""
+        return -0.5 * _quadratic_form(_flatten_batch(x, self.event_shape), self.precision)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Alias of :meth:`log_prob_unnormalized`."""
+        return self.log_prob_unnormalized(x)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Normalized log-density ``-x^T P x / 2 - exact_ln_z``, shape ``(batch,)``."""
+        return self.log_prob_unnormalized(x) - self.exact_ln_z
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, *,
+               dtype: torch.dtype = torch.float64) -> Tensor:
+        """``n`` exact samples, shape ``(n, *event_shape)``, on the buffers' device."""
+        scale = self._scale.to(dtype)
+        z = torch.randn((int(n), self.n_sites), generator=generator, dtype=dtype, device=scale.device)
+        return (z @ scale.T).reshape((int(n),) + self.event_shape)
+
+
+def _as_numpy(m) -> np.ndarray:
+    if isinstance(m, Tensor):
+        m = m.detach().cpu().numpy()
+    return np.array(m, dtype=np.float64)
+
+
+def _cholesky(m: np.ndarray, name: str) -> np.ndarray:
+    try:
+        return np.linalg.cholesky(m)
+    except np.linalg.LinAlgError:
+        lowest = float(np.linalg.eigvalsh(m)[0])
+        raise ValueError(f"{name} must be positive definite; its lowest eigenvalue is {lowest:.6g}") from None

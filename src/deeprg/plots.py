@@ -1,0 +1,48 @@
+"""Figures (matplotlib, Agg backend). Functions take plain data and a path; nothing here computes
+physics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from deeprg.runs import atomic_path  # noqa: E402
+
+__all__ = ["training_curve"]
+
+
+def _save(fig, path: str | Path) -> None:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+
+
+def training_curve(history: list[dict], exact_free_energy: float | None, path: str | Path, title: str = "") -> None:
+    """Variational free energy during training (Li & Wang Fig. 3(a)): the relative error
+    ``(F_q - F) / |F|`` on a log scale when the exact ``F = -ln Z`` is known, else ``F_q``."""
+    steps = np.array([h["step"] for h in history])
+    loss = np.array([h["loss"] for h in history])
+    err = np.array([h["error"] for h in history])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    if exact_free_energy is not None:
+        rel = (loss - exact_free_energy) / abs(exact_free_energy)
+        rel_err = err / abs(exact_free_energy)
+        ax.fill_between(steps, np.maximum(rel - rel_err, 1e-7), rel + rel_err, alpha=0.3, lw=0)
+        ax.plot(steps, np.maximum(rel, 1e-7), lw=1)
+        ax.set_yscale("log")
+        ax.set_ylabel(r"relative error $(F_q - F)/|F|$")
+    else:
+        ax.fill_between(steps, loss - err, loss + err, alpha=0.3, lw=0)
+        ax.plot(steps, loss, lw=1)
+        ax.set_ylabel(r"variational free energy $F_q$")
+    ax.set_xlabel("training step")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    _save(fig, path)
