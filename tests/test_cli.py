@@ -76,6 +76,7 @@ def test_sample_writes_dataset_and_reports_error_bars(capsys, tmp_path):
     assert ds.metadata["K"] == 0.3
 
 
+@pytest.mark.filterwarnings("ignore:chain length")
 def test_sample_same_seed_same_configurations(capsys, tmp_path):
     paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
     for p in paths:

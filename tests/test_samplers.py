@@ -12,6 +12,8 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 from scipy.stats import chi2
 
 from deeprg.lattice import Lattice
@@ -218,8 +220,11 @@ def test_wolff_default_burn_in_counts_sweep_equivalents():
 
 
 def test_progress_bar_and_no_spins(capsys):
-    run = make_sampler("wolff", (4, 4), 0.3).run(100, keep_spins=False, progress=True)
+    run = make_sampler("wolff", (4, 4), 0.3).run(
+        100, keep_spins=False, progress=True, observables={"m": lambda s: s.sum(axis=(1, 2))}
+    )
     assert run.spins is None and run.series["energy"].shape == (1, 100)
+    np.testing.assert_array_equal(run.series["m"], run.series["magnetization"])
     assert "100/100" in capsys.readouterr().err
     with pytest.raises(ValueError, match="keep_spins"):
         run.spins_flat()
@@ -236,6 +241,32 @@ def test_metropolis_order_and_acceptance_table():
     assert table[4] / 2**53 == pytest.approx(kernels.ZERO_ENERGY_FLIP_PROBABILITY, rel=1e-15)
     assert kernels.ZERO_ENERGY_FLIP_PROBABILITY < 1.0
     np.testing.assert_allclose(table[5:] / 2**53, np.exp(-0.6 * np.arange(1, 5)), rtol=1e-15)
+
+
+def _sweep_classes(lat: Lattice, flip_probability: np.ndarray) -> int:
+    """Number of strongly connected classes of the Metropolis sweep chain (visiting order of
+    :func:`kernels.metropolis_order`) on all 2^N configurations, where a site with ``x = s_i h_i``
+    flips with probability ``flip_probability[x + z]`` (only whether it is 0 < p < 1 matters)."""
+    n, z = lat.n_sites, 2 * lat.d
+    states = np.arange(2**n)
+    spins = 1 - 2 * ((states[:, None] >> np.arange(n)) & 1)
+    reach = np.eye(states.size, dtype=bool)  # reach[a, b]: b reachable from a so far
+    for i in kernels.metropolis_order(lat.shape):
+        x = spins[:, i] * spins[:, lat.neighbors[i]].sum(axis=1)
+        can_stay = flip_probability[x + z] < 1.0  # flipping always has p > 0 (K finite)
+        reach = reach[:, states ^ (1 << i)] | (reach & can_stay[None, :])
+    return connected_components(csr_matrix(reach), directed=True, connection="strong")[0]
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (4, 2), (9,), (2, 2, 2)])
+def test_metropolis_sweep_chain_is_irreducible(shape):
+    lat = Lattice(shape)
+    z = 2 * lat.d
+    assert _sweep_classes(lat, kernels.acceptance_probabilities(0.4, z)) == 1
+    if shape in [(3, 3), (4, 2), (9,)]:
+        # plain Metropolis, min(1, exp(-2 K x)), with a fixed order is not irreducible here
+        plain = np.minimum(1.0, np.exp(-0.8 * np.arange(-z, z + 1)))
+        assert _sweep_classes(lat, plain) > 1
 
 
 def test_measure_counts_every_bond_of_the_lattice():

@@ -148,14 +148,16 @@ def variational_free_energy(
 class Trainer:
     """A flow, its target and optimizer state; :meth:`step` does one Adam step on Eq. 5."""
 
-    def __init__(self, cfg: FlowTrainConfig) -> None:
+    def __init__(self, cfg: FlowTrainConfig, target=None) -> None:
+        """``target`` (a :class:`deeprg.models.relaxed.Target` module over the config's lattice)
+        defaults to the relaxed Ising model of the config."""
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         dtype = DTYPES[cfg.dtype]
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # parameter initialization
-        self.target = build_target(cfg).to(self.device)
+        self.target = (build_target(cfg) if target is None else target).to(self.device)
         self.flow = build_flow(cfg).to(device=self.device, dtype=dtype)
         self.exact_ln_z = self.target.exact_ln_z
         self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=cfg.lr)

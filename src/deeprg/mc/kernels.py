@@ -221,7 +221,7 @@ def _sw_update(spins, nbr, threshold, parent, decision, r0, r1, r2, r3):
                 x, r0, r1, r2, r3 = xoshiro_next(r0, r1, r2, r3)
                 if (x >> uint64(11)) < threshold:
                     ri = _find(parent, i)
-                    rj = _find(parent, j)
+                    rj = _find(parent, np.int64(j))  # int64 like i: one specialization
                     if ri < rj:
                         parent[rj] = ri
                     elif rj < ri:

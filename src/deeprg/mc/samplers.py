@@ -8,7 +8,10 @@ One API over three update kernels (:mod:`deeprg.mc.kernels`)::
     run.series["energy"] # (2, 50_000) float64, E = -sum_<ij> s_i s_j (units of J)
 
 Units of Monte Carlo time ("updates"): one Wolff cluster flip (``"wolff"``), one full
-Swendsen-Wang update (``"sw"``), one Metropolis sweep over all N sites (``"metropolis"``).
+Swendsen-Wang update (``"sw"``), one Metropolis sweep over all N sites (``"metropolis"``;
+checkerboard order on even lattices, else sequential; zero-energy flips are accepted with
+probability 0.99 instead of 1, which makes the fixed-order sweep ergodic, see
+:func:`deeprg.mc.kernels.acceptance_probabilities`).
 
 Chains start from independent uniformly random configurations (hot start) and each owns one
 random stream seeded from ``numpy.random.SeedSequence(seed).spawn(n_chains)``, so results depend
@@ -331,7 +334,9 @@ class Sampler:
         if burn_in is not None:
             burn_in = _check_int(burn_in, "burn_in", 0)
         if thin == "auto" and burn_in is not None and burn_in < 4:
-            raise ValueError(f"thin='auto' needs burn_in >= 4 (or None) for its pilot, got {burn_in}")
+            raise ValueError(
+                f"thin='auto' needs burn_in >= 4 (or None) for its pilot, got {burn_in}"
+            )
         obs = self._check_observables(observables)
         n_threads = self._check_threads(n_threads)
         if chunk is None:
@@ -342,7 +347,18 @@ class Sampler:
         return self._generate(n_per_chain, thin, burn_in, obs, keep_spins, chunk, n_threads,
                               progress)
 
-    def _generate(self, n_per_chain, thin, burn_in, obs, keep_spins, chunk, n_threads, progress):
+    def _generate(
+        self,
+        n_per_chain: int,
+        thin: int | str,
+        burn_in: int | None,
+        obs: dict[str, Observable],
+        keep_spins: bool,
+        chunk: int,
+        n_threads: int,
+        progress: bool,
+    ) -> Iterator[SampleRun]:
+        """The generator behind :meth:`stream` (arguments already checked)."""
         shape = self.lattice.shape
         auto = thin == "auto"
         if burn_in is None and self.equilibrated and not auto:
@@ -402,20 +418,30 @@ class Sampler:
         Arguments as in :meth:`stream`; the result does not depend on ``chunk`` or
         ``n_threads``."""
         t0 = time.perf_counter()
-        parts = list(self.stream(n_samples, thin=thin, burn_in=burn_in, observables=observables,
-                                 keep_spins=keep_spins, chunk=chunk, n_threads=n_threads,
-                                 progress=progress))
-        first = parts[0]
-        series = {k: np.concatenate([p.series[k] for p in parts], axis=1) for k in first.series}
-        spins = (np.concatenate([p.spins for p in parts], axis=1) if keep_spins else None)
-        mcs = None
-        if self.name == "wolff":
-            mcs = float(np.average([p.mean_cluster_size for p in parts],
-                                   weights=[p.n_per_chain for p in parts]))
+        chunks = self.stream(n_samples, thin=thin, burn_in=burn_in, observables=observables,
+                             keep_spins=keep_spins, chunk=chunk, n_threads=n_threads,
+                             progress=progress)
+        n_per_chain = n_samples // self.n_chains
+        spins, series, first, done, sites = None, {}, None, 0, 0.0
+        for part in chunks:  # copied into preallocated arrays: peak memory = result + 1 chunk
+            if first is None:
+                first = part
+                series = {k: np.empty((self.n_chains, n_per_chain)) for k in part.series}
+                if keep_spins:
+                    spins = np.empty((self.n_chains, n_per_chain) + self.lattice.shape, np.int8)
+            m = part.n_per_chain
+            for k, v in part.series.items():
+                series[k][:, done : done + m] = v
+            if spins is not None:
+                spins[:, done : done + m] = part.spins
+            if part.mean_cluster_size is not None:
+                sites += part.mean_cluster_size * m
+            done += m
         return SampleRun(
             sampler=self.name, lattice=self.lattice, K=self.K, seed=self.seed,
             n_chains=self.n_chains, thin=first.thin, burn_in=first.burn_in, spins=spins,
-            series=series, seconds=time.perf_counter() - t0, mean_cluster_size=mcs,
+            series=series, seconds=time.perf_counter() - t0,
+            mean_cluster_size=sites / n_per_chain if self.name == "wolff" else None,
             pilot_tau_int=first.pilot_tau_int,
         )
 
