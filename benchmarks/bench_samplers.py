@@ -24,19 +24,18 @@ One "update" is one Wolff cluster flip, one Swendsen-Wang update or one Metropol
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import multiprocessing
 import os
-import platform
 import sys
 import time
 import warnings
 from pathlib import Path
 
-import numba
 import numpy as np
+
+from machine import describe
 
 from deeprg.mc import SAMPLERS, integrated_autocorr_time, make_sampler
 from deeprg.models.ising import K_C
@@ -68,26 +67,6 @@ def process_speedup(cores: int, n: int = 10_000_000) -> float:
         pool.map(_python_loop, [n] * cores)
         wall = time.perf_counter() - t0
     return cores * one / wall
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "platform": platform.platform(),
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
 
 
 def bench(name: str, L: int, n_chains: int, seconds: float, repeats: int, seed: int) -> dict:
@@ -189,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                         help="output directory (default benchmarks/results)")
     args = parser.parse_args(argv)
-    info = machine()
+    info = describe()
     cores = os.cpu_count() or 1
     info["process_speedup"] = process_speedup(cores)
     # Compile (or load from the numba cache) before timing anything.

@@ -6,24 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from deeprg.cli import main
 from deeprg.data import load_dataset
 from deeprg.models.exact import ising_chain, kaufman
 from deeprg.models.ising import K_C
 
 
-def run_cli(capsys, *argv):
-    """Run ``deeprg argv``; return (exit status, stdout, stderr)."""
-    try:
-        status = main(list(argv))
-    except SystemExit as exc:
-        status = exc.code
-    out = capsys.readouterr()
-    return status, out.out, out.err
-
-
-def test_exact_ising_json_matches_kaufman(capsys):
-    status, out, _ = run_cli(capsys, "exact", "ising", "--L", "16", "--M", "8", "--beta", "0.3", "--json")
+def test_exact_ising_json_matches_kaufman(cli):
+    status, out, _ = cli("exact", "ising", "--L", "16", "--M", "8", "--beta", "0.3", "--json")
     assert status == 0
     summary = json.loads(out)
     exact = kaufman(8, 16, 0.3)
@@ -32,11 +21,11 @@ def test_exact_ising_json_matches_kaufman(capsys):
     assert summary["lattice"] == [8, 16]
 
 
-def test_exact_ising_critical_chain_and_text_output(capsys):
-    status, out, _ = run_cli(capsys, "exact", "ising", "--d", "1", "--L", "10", "--beta", "critical", "--json")
+def test_exact_ising_critical_chain_and_text_output(cli):
+    status, out, _ = cli("exact", "ising", "--d", "1", "--L", "10", "--beta", "critical", "--json")
     assert status == 0
     assert json.loads(out)["ln_z"] == pytest.approx(ising_chain(10, K_C).ln_z, rel=1e-14)
-    status, out, _ = run_cli(capsys, "exact", "ising")
+    status, out, _ = cli("exact", "ising")
     assert status == 0 and "energy_per_site" in out and "Kaufman" in out
 
 
@@ -50,16 +39,16 @@ def test_exact_ising_critical_chain_and_text_output(capsys):
         (["--beta", "0"], "beta"),
     ],
 )
-def test_exact_bad_input_exits_2(capsys, argv, needle):
-    status, out, err = run_cli(capsys, "exact", "ising", *argv)
+def test_exact_bad_input_exits_2(cli, argv, needle):
+    status, out, err = cli("exact", "ising", *argv)
     assert status == 2
     assert needle in err and out == ""
 
 
-def test_sample_writes_dataset_and_reports_error_bars(capsys, tmp_path):
+def test_sample_writes_dataset_and_reports_error_bars(cli, tmp_path):
     path = tmp_path / "ising.npz"
-    status, out, _ = run_cli(
-        capsys, "sample", "ising", "--L", "8", "--beta", "0.3", "--n", "2000", "--seed", "3",
+    status, out, _ = cli(
+        "sample", "ising", "--L", "8", "--beta", "0.3", "--n", "2000", "--seed", "3",
         "--out", str(path), "--json", "--quiet",
     )
     assert status == 0
@@ -77,19 +66,19 @@ def test_sample_writes_dataset_and_reports_error_bars(capsys, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:chain length")
-def test_sample_same_seed_same_configurations(capsys, tmp_path):
+def test_sample_same_seed_same_configurations(cli, tmp_path):
     paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
     for p in paths:
         argv = ["sample", "ising", "--L", "6", "--n", "100", "--seed", "11", "--sampler", "sw",
                 "--thin", "2", "--out", str(p), "--quiet"]
-        assert run_cli(capsys, *argv)[0] == 0
+        assert cli(*argv)[0] == 0
     a, b = (load_dataset(p).spins for p in paths)
     np.testing.assert_array_equal(a, b)
 
 
-def test_sample_three_dimensions_has_no_exact_energy(capsys, tmp_path):
-    status, out, _ = run_cli(
-        capsys, "sample", "ising", "--d", "3", "--L", "4", "--beta", "0.2", "--n", "200",
+def test_sample_three_dimensions_has_no_exact_energy(cli, tmp_path):
+    status, out, _ = cli(
+        "sample", "ising", "--d", "3", "--L", "4", "--beta", "0.2", "--n", "200",
         "--sampler", "metropolis", "--out", str(tmp_path / "c.npz"), "--json", "--quiet",
     )
     assert status == 0
@@ -108,27 +97,27 @@ def test_sample_three_dimensions_has_no_exact_energy(capsys, tmp_path):
         (["--thin", "0"], "--thin"),
     ],
 )
-def test_sample_bad_input_exits_2_and_writes_nothing(capsys, tmp_path, argv, needle):
+def test_sample_bad_input_exits_2_and_writes_nothing(cli, tmp_path, argv, needle):
     path = tmp_path / "x.npz"
-    status, _, err = run_cli(capsys, "sample", "ising", "--L", "4", "--n", "100", *argv, "--out", str(path))
+    status, _, err = cli("sample", "ising", "--L", "4", "--n", "100", *argv, "--out", str(path))
     assert status == 2
     last = err.strip().splitlines()[-1]  # argparse prints the usage, then one error line
     assert "error:" in last and needle in last
     assert not path.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_sample_unwritable_output_exits_2(capsys, tmp_path):
-    status, _, err = run_cli(capsys, "sample", "ising", "--L", "4", "--n", "10",
+def test_sample_unwritable_output_exits_2(cli, tmp_path):
+    status, _, err = cli("sample", "ising", "--L", "4", "--n", "10",
                              "--out", str(tmp_path / "missing" / "x.npz"))
     assert status == 2 and "--out" in err and "does not exist" in err
-    status, _, err = run_cli(capsys, "sample", "ising", "--L", "4", "--n", "10", "--out", str(tmp_path))
+    status, _, err = cli("sample", "ising", "--L", "4", "--n", "10", "--out", str(tmp_path))
     assert status == 2 and "is a directory" in err
 
 
-def test_data_info_validates_files(capsys, tmp_path):
+def test_data_info_validates_files(cli, tmp_path):
     good = tmp_path / "good.npz"
-    assert run_cli(capsys, "sample", "ising", "--L", "4", "--n", "64", "--out", str(good), "--quiet")[0] == 0
-    status, out, _ = run_cli(capsys, "data", "info", str(good), "--json")
+    assert cli("sample", "ising", "--L", "4", "--n", "64", "--out", str(good), "--quiet")[0] == 0
+    status, out, _ = cli("data", "info", str(good), "--json")
     assert status == 0
     info = json.loads(out)
     assert info["n"] == 64 and info["metadata"]["lattice_shape"] == [4, 4]
@@ -139,6 +128,6 @@ def test_data_info_validates_files(capsys, tmp_path):
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, images=np.zeros((3, 4, 4)))
     for bad in (corrupt, foreign, tmp_path / "absent.npz"):
-        status, out, err = run_cli(capsys, "data", "info", str(bad))
+        status, out, err = cli("data", "info", str(bad))
         assert status == 2 and out == ""
         assert err.startswith("deeprg: error:") and str(bad) in err and len(err.strip().splitlines()) == 1

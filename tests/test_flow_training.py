@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from deeprg import Lattice
-from deeprg.cli import main
 from deeprg.config import ConfigError, load_config
 from deeprg.flows import train as train_module
 from deeprg.flows.train import (
@@ -130,18 +129,9 @@ def test_unknown_config_key_is_named(tmp_path):
     assert load_config(FlowTrainConfig, path, {"steps": 9, "batch": None}).steps == 9
 
 
-def run_cli(capsys, *argv):
-    try:
-        status = main(list(argv))
-    except SystemExit as exc:
-        status = exc.code
-    out = capsys.readouterr()
-    return status, out.out, out.err
-
-
-def test_cli_train_writes_run_directory(capsys, tmp_path):
+def test_cli_train_writes_run_directory(cli, tmp_path):
     run = tmp_path / "run"
-    status, out, _ = run_cli(capsys, "flow", "train", "--L", "4", "--steps", "5", "--batch", "8",
+    status, out, _ = cli("flow", "train", "--L", "4", "--steps", "5", "--batch", "8",
                              "--threads", "1", "--out", str(run), "--json", "--quiet")
     assert status == 0
     metrics = json.loads(out)
@@ -155,12 +145,12 @@ def test_cli_train_writes_run_directory(capsys, tmp_path):
     assert config["L"] == 4 and config["seed"] == 0 and "deeprg_version" in config
 
     # a second run into the same directory must not overwrite it silently
-    status, _, err = run_cli(capsys, "flow", "train", "--L", "4", "--steps", "5", "--out", str(run), "--quiet")
+    status, _, err = cli("flow", "train", "--L", "4", "--steps", "5", "--out", str(run), "--quiet")
     assert status == 2 and "--resume" in err
-    status, out, _ = run_cli(capsys, "flow", "train", "--L", "4", "--steps", "7", "--batch", "8", "--threads", "1",
+    status, out, _ = cli("flow", "train", "--L", "4", "--steps", "7", "--batch", "8", "--threads", "1",
                              "--out", str(run), "--resume", "--json", "--quiet")
     assert status == 0 and json.loads(out)["steps"] == 7
-    status, _, err = run_cli(capsys, "flow", "train", "--L", "8", "--steps", "7", "--out", str(run), "--resume",
+    status, _, err = cli("flow", "train", "--L", "8", "--steps", "7", "--out", str(run), "--resume",
                              "--quiet")
     assert status == 2 and "another model" in err
 
@@ -175,21 +165,21 @@ def test_cli_train_writes_run_directory(capsys, tmp_path):
         (["--arch", "cnn"], "--arch"),
     ],
 )
-def test_cli_bad_input_exits_2_before_writing(capsys, tmp_path, argv, needle):
+def test_cli_bad_input_exits_2_before_writing(cli, tmp_path, argv, needle):
     run = tmp_path / "run"
-    status, _, err = run_cli(capsys, "flow", "train", *argv, "--out", str(run), "--quiet")
+    status, _, err = cli("flow", "train", *argv, "--out", str(run), "--quiet")
     assert status == 2 and needle in err.strip().splitlines()[-1]
     assert not run.exists()
 
 
-def test_cli_unknown_config_key_exits_2(capsys, tmp_path):
+def test_cli_unknown_config_key_exits_2(cli, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("stepz = 3\n")
-    status, _, err = run_cli(capsys, "flow", "train", "--config", str(cfg), "--out", str(tmp_path / "r"))
+    status, _, err = cli("flow", "train", "--config", str(cfg), "--out", str(tmp_path / "r"))
     assert status == 2 and "stepz" in err
 
 
-def test_cli_ctrl_c_saves_checkpoint_and_resumes(capsys, tmp_path, monkeypatch):
+def test_cli_ctrl_c_saves_checkpoint_and_resumes(cli, tmp_path, monkeypatch):
     run = tmp_path / "run"
     original = Trainer.step
 
@@ -202,10 +192,10 @@ def test_cli_ctrl_c_saves_checkpoint_and_resumes(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "step", step_then_interrupt)
     args = ["flow", "train", "--L", "4", "--steps", "6", "--batch", "8", "--threads", "1", "--out", str(run),
             "--quiet"]
-    status, _, err = run_cli(capsys, *args)
+    status, _, err = cli(*args)
     assert status == 130 and "--resume" in err
     state = train_module.load_checkpoint(run / "checkpoint.pt")
     assert state["step"] == 3 and not (run / "metrics.json").exists()
     monkeypatch.setattr(Trainer, "step", original)
-    status, out, _ = run_cli(capsys, *args, "--resume", "--json")
+    status, out, _ = cli(*args, "--resume", "--json")
     assert status == 0 and json.loads(out)["steps"] == 6

@@ -55,7 +55,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--steps", type=int_at_least(1), help="training steps [1000]")
     q.add_argument("--batch", type=int_at_least(2), help="samples per step [256]")
     q.add_argument("--lr", type=positive_float, help="initial Adam learning rate [2e-3]")
-    q.add_argument("--symmetrize", action="store_true", default=None, help="Z2-symmetrize the density")
+    q.add_argument("--symmetrize", action=argparse.BooleanOptionalAction, default=None,
+                   help="Z2-symmetrize the density, q(x) = [q0(x) + q0(-x)]/2 [on]")
+    q.add_argument("--hidden", type=int_at_least(1), nargs="+", help="hidden widths of the coupling MLPs [32 32]")
+    q.add_argument("--couplings", dest="n_couplings", type=int_at_least(1), help="affine couplings per block [4]")
     q.add_argument("--seed", type=int_at_least(0), help="random seed [0]")
     q.add_argument("--dtype", choices=("float32", "float64"), help="[float32]")
     q.add_argument("--device", help="torch device, e.g. cpu or cuda [cpu]")
@@ -68,8 +71,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(run=run_train)
 
 
-OVERRIDES = ("L", "d", "beta", "arch", "depth", "steps", "batch", "lr", "symmetrize", "seed", "dtype",
-             "device", "threads")
+OVERRIDES = ("L", "d", "beta", "arch", "depth", "steps", "batch", "lr", "symmetrize", "hidden", "n_couplings",
+             "seed", "dtype", "device", "threads")
 
 
 def resolve_config(args: argparse.Namespace) -> FlowTrainConfig:
@@ -122,9 +125,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     exact = trainer.exact_free_energy
     if not args.quiet:
-        print(f"NeuralRG {cfg.arch} flow on the relaxed Ising model, {cfg.L}^{cfg.d} lattice, K = {cfg.beta:.6g}; "
-              f"{sum(p.numel() for p in trainer.flow.parameters())} parameters; exact -ln Z = {exact:.6f}"
-              if exact is not None else "", file=sys.stderr)
+        n_params = sum(p.numel() for p in trainer.flow.parameters())
+        known = f"; exact -ln Z = {exact:.6f}" if exact is not None else ""
+        print(f"NeuralRG {cfg.arch} flow on the relaxed Ising model, {cfg.L}^{cfg.d} lattice, K = {cfg.beta:.6g}, "
+              f"{n_params} parameters, seed {cfg.seed}{known}", file=sys.stderr)
     bar = tqdm(total=cfg.steps, initial=trainer.step_count, disable=args.quiet, desc="train", unit="step",
                file=sys.stderr, dynamic_ncols=True)
 

@@ -50,10 +50,10 @@ class FlowTrainConfig:
     arch: str = "mera"
     depth: int | None = None
     n_couplings: int = 4
-    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    hidden: list[int] = field(default_factory=lambda: [32, 32])
     shared: bool = True
     s_max: float = 2.0
-    symmetrize: bool = False
+    symmetrize: bool = True
     steps: int = 1000
     batch: int = 256
     lr: float = 2e-3
@@ -205,7 +205,8 @@ class Trainer:
             "seconds": self.wall_seconds,
         }
         if self.exact_free_energy is not None:
-            record["relative_error"] = (record["loss"] - self.exact_free_energy) / abs(self.exact_free_energy)
+            record["gap"] = record["loss"] - self.exact_free_energy
+            record["relative_error"] = record["gap"] / abs(self.exact_free_energy)
         self.history.append(record)
         return record
 

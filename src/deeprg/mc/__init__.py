@@ -1,4 +1,6 @@
-# Statistics of Monte Carlo series (deeprg.mc.stats).
+"""Monte Carlo: spin samplers (numba kernels), hybrid Monte Carlo, and statistics with error bars."""
+
+from deeprg.mc.samplers import DEFAULT_BURN_IN_SWEEPS, SAMPLERS, SampleRun, Sampler, make_sampler
 from deeprg.mc.stats import (
     BinningResult,
     Estimate,
@@ -10,11 +12,18 @@ from deeprg.mc.stats import (
     jackknife,
 )
 
-# Markov-chain samplers of the Ising model (deeprg.mc.samplers).
-from deeprg.mc.samplers import (
-    DEFAULT_BURN_IN_SWEEPS,
-    SAMPLERS,
-    SampleRun,
-    Sampler,
-    make_sampler,
-)
+__all__ = [
+    "DEFAULT_BURN_IN_SWEEPS",
+    "SAMPLERS",
+    "BinningResult",
+    "Estimate",
+    "SampleRun",
+    "Sampler",
+    "autocorrelation",
+    "binning",
+    "estimate",
+    "format_value_error",
+    "integrated_autocorr_time",
+    "jackknife",
+    "make_sampler",
+]
