@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from deeprg.runs import atomic_path  # noqa: E402
 
-__all__ = ["training_curve"]
+__all__ = ["field_grid", "training_curve"]
 
 
 def _save(fig, path: str | Path) -> None:
@@ -44,5 +44,22 @@ def training_curve(history: list[dict], exact_free_energy: float | None, path: s
     ax.set_xlabel("training step")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def field_grid(fields: np.ndarray, path: str | Path, title: str = "", cmap: str = "RdBu_r") -> None:
+    """A grid of 2D fields or spin configurations ``(n, L, L)`` as images (at most 64 shown)."""
+    fields = np.asarray(fields)[:64]
+    n = len(fields)
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    vmax = float(np.abs(fields).max()) or 1.0
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, f in zip(axes.ravel(), fields):
+        ax.imshow(f, cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _save(fig, path)

@@ -1,4 +1,7 @@
-"""``deeprg flow train``: train a NeuralRG flow on the relaxed Ising model (the main job)."""
+"""``deeprg flow train|estimate|sample|hmc``: NeuralRG flows on the relaxed Ising model.
+
+``train`` is the package's main job; the others load a run directory written by ``train``.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +15,23 @@ from tqdm import tqdm
 from deeprg.cli.common import UsageError, coupling, int_at_least, print_json
 from deeprg.config import ConfigError, load_config
 from deeprg.flows.hierarchy import ARCHITECTURES
+import numpy as np
+import torch
+
+from deeprg.cli.common import writable_file
+from deeprg.flows.estimators import importance_ln_z, ising_observables, latent_log_prob
 from deeprg.flows.train import (
     CheckpointMismatch,
     FlowTrainConfig,
     NonFiniteLoss,
     Trainer,
+    load_run,
     variational_free_energy,
 )
-from deeprg.plots import training_curve
-from deeprg.runs import run_provenance, write_json
+from deeprg.mc.hmc import HMCDivergence, hmc
+from deeprg.mc.stats import estimate
+from deeprg.plots import field_grid, training_curve
+from deeprg.runs import atomic_path, run_provenance, write_json
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -69,6 +80,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(run=run_train)
+
+    e = actions.add_parser("estimate", help="importance-weighted ln Z and the variational bound of a trained flow")
+    e.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg flow train'")
+    e.add_argument("--samples", type=int_at_least(2), default=100_000, help="flow samples [100000]")
+    e.add_argument("--seed", type=int_at_least(0), default=0, help="random seed [0]")
+    e.add_argument("--threads", type=int_at_least(1), help="torch CPU threads")
+    e.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    e.set_defaults(run=run_estimate)
+
+    m = actions.add_parser("sample", help="draw fields and Ising spins from a trained flow")
+    m.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg flow train'")
+    m.add_argument("--n", type=int_at_least(1), default=64, help="samples [64]")
+    m.add_argument("--seed", type=int_at_least(0), default=0, help="random seed [0]")
+    m.add_argument("--out", required=True, help="output .npz (x: float32 fields, spins: int8); a PNG grid beside it")
+    m.set_defaults(run=run_sample)
+
+    h = actions.add_parser("hmc", help="hybrid Monte Carlo in the latent or the physical space")
+    h.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg flow train'")
+    h.add_argument("--space", choices=("latent", "physical"), default="latent", help="[latent]")
+    h.add_argument("--chains", type=int_at_least(1), default=64, help="parallel chains [64]")
+    h.add_argument("--steps", type=int_at_least(1), default=2000, help="production steps [2000]")
+    h.add_argument("--warmup", type=int_at_least(0), default=200, help="step-size adaptation steps [200]")
+    h.add_argument("--step-size", type=positive_float, default=0.1, help="initial leapfrog step [0.1]")
+    h.add_argument("--leapfrog", type=int_at_least(1), default=10, help="leapfrog steps per trajectory [10]")
+    h.add_argument("--seed", type=int_at_least(0), default=0, help="random seed [0]")
+    h.add_argument("--threads", type=int_at_least(1), help="torch CPU threads")
+    h.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    h.add_argument("--quiet", action="store_true", help="no progress bar")
+    h.set_defaults(run=run_hmc)
 
 
 OVERRIDES = ("L", "d", "beta", "arch", "depth", "steps", "batch", "lr", "symmetrize", "hidden", "n_couplings",
@@ -175,4 +215,107 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"exact free energy      -ln Z = {exact:.6f}")
             print(f"relative error               = {metrics['relative_error']:.3e}")
         print(f"{trainer.step_count} steps in {trainer.wall_seconds:.1f} s; run directory {run_dir}")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> Trainer:
+    try:
+        return load_run(args.run_dir, threads=getattr(args, "threads", None))
+    except CheckpointMismatch as err:
+        raise UsageError(f"RUN: {err}") from None
+
+
+def run_estimate(args: argparse.Namespace) -> int:
+    trainer = _load(args)
+    gen = torch.Generator(device=trainer.device).manual_seed(args.seed)
+    ln_z, ess = importance_ln_z(trainer.flow, trainer.target, args.samples, generator=gen)
+    bound = variational_free_energy(trainer.flow, trainer.target, args.samples, generator=gen)
+    exact = trainer.exact_ln_z
+    summary = {
+        "ln_z": {"mean": ln_z.mean, "error": ln_z.error},
+        "ess_fraction": ess,
+        "variational_free_energy": {"mean": bound.mean, "error": bound.error},
+        "exact_ln_z": exact,
+        "samples": args.samples,
+        "seed": args.seed,
+    }
+    if args.json:
+        print_json(summary)
+        return 0
+    print(f"importance-weighted ln Z = {ln_z}   (ESS fraction {ess:.3f}, {args.samples} samples)")
+    print(f"variational bound  -F_q = {-bound.mean:.6f}({bound.error:.1g})")
+    if exact is not None:
+        print(f"exact              ln Z = {exact:.6f}   (deviation {(ln_z.mean - exact) / ln_z.error:+.1f} sigma)")
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    out = writable_file(args.out, "--out")
+    trainer = _load(args)
+    gen = torch.Generator(device=trainer.device).manual_seed(args.seed)
+    with torch.no_grad():
+        x = trainer.flow.sample(args.n, gen)
+        spins = trainer.target.sample_spins(x, gen)
+    x_np, s_np = x.float().cpu().numpy(), spins.cpu().numpy()
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, x=x_np, spins=s_np, seed=np.int64(args.seed))
+    png = out.with_suffix(".png")
+    if trainer.cfg.d == 2:
+        field_grid(np.concatenate([x_np[:32], s_np[:32].astype(np.float32) * np.abs(x_np).max()]), png,
+                   title=f"flow samples: fields x (first rows) and spins s ~ pi(s|x), L={trainer.cfg.L}")
+    print(f"wrote {args.n} samples to {out}" + (f" and {png}" if trainer.cfg.d == 2 else ""))
+    return 0
+
+
+def run_hmc(args: argparse.Namespace) -> int:
+    trainer = _load(args)
+    flow, target = trainer.flow, trainer.target
+    gen = torch.Generator(device=trainer.device).manual_seed(args.seed)
+    with torch.no_grad():
+        x0 = flow.sample(args.chains, gen)
+    if args.space == "latent":
+        log_prob = latent_log_prob(flow, target)
+        with torch.no_grad():
+            start = flow.hierarchy.renormalize(x0)[0]
+
+        def to_field(v):
+            return flow.hierarchy.generate(v)[0]
+    else:
+        log_prob, start = target.log_prob_unnormalized, x0
+
+        def to_field(v):
+            return v
+    base = ising_observables(target, gen, random_sign=flow.symmetrize and args.space == "latent")
+    observables = {name: (lambda v, fn=fn: fn(to_field(v))) for name, fn in base.items()}
+    bar = tqdm(total=args.warmup + args.steps, disable=args.quiet, desc=f"hmc ({args.space})", unit="step",
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        result = hmc(log_prob, start, args.steps, step_size=args.step_size, n_leapfrog=args.leapfrog,
+                     warmup=args.warmup, observables=observables, generator=gen,
+                     callback=lambda step, acc: bar.update(1))
+    except HMCDivergence as err:
+        bar.close()
+        raise UsageError(f"--step-size: {err}") from None
+    bar.close()
+    stats = {name: estimate(result.series[name].T.numpy()) for name in base}
+    summary = {
+        "space": args.space,
+        "structure_factor": {"mean": stats["structure_factor"].mean, "error": stats["structure_factor"].error},
+        "energy_per_site": {"mean": stats["energy_per_site"].mean, "error": stats["energy_per_site"].error},
+        "acceptance": result.acceptance_rate,
+        "tau_int": {name: est.tau_int for name, est in stats.items()},
+        "step_size": result.step_size,
+        "leapfrog": result.n_leapfrog,
+        "chains": args.chains,
+        "steps": args.steps,
+        "seed": args.seed,
+    }
+    if args.json:
+        print_json(summary)
+        return 0
+    print(f"HMC in the {args.space} space: {args.chains} chains x {args.steps} steps, acceptance "
+          f"{result.acceptance_rate:.3f}, step size {result.step_size:.3g} x {result.n_leapfrog}")
+    for name, est in stats.items():
+        print(f"  {name:18s} {str(est):>14s}   tau_int {est.tau_int:.2f} steps")
     return 0

@@ -25,7 +25,13 @@ from torch import Tensor
 from deeprg.flows.flow import Flow
 from deeprg.mc.stats import Estimate
 
-__all__ = ["IndependenceMHResult", "importance_ln_z", "independence_metropolis", "latent_log_prob"]
+__all__ = [
+    "IndependenceMHResult",
+    "importance_ln_z",
+    "independence_metropolis",
+    "ising_observables",
+    "latent_log_prob",
+]
 
 
 @torch.no_grad()
@@ -115,3 +121,34 @@ def independence_metropolis(
     return IndependenceMHResult(
         x, {k: torch.stack(v) for k, v in series.items()}, torch.tensor(acceptance, dtype=torch.float64)
     )
+
+
+def ising_observables(target, generator: torch.Generator | None = None, random_sign: bool = False
+                      ) -> dict[str, Callable[[Tensor], Tensor]]:
+    """Observables of Ising spins drawn from ``pi(s|x)`` (``target`` a
+    :class:`~deeprg.models.relaxed.RelaxedIsing`), as functions of fields ``(batch, L, L)``:
+
+    * ``structure_factor``: the uniform structure factor ``(sum_i s_i)^2 / N^2``;
+    * ``energy_per_site``: ``-sum_<ij> s_i s_j / N``.
+
+    Each call draws fresh spins; with ``random_sign`` the field's global sign is drawn at random
+    first (needed for a Z2-symmetrized flow's latent sampler, see the module docstring).
+    """
+    bonds = torch.as_tensor(target.lattice.bonds, dtype=torch.long)
+    n = target.lattice.n_sites
+
+    def spins(x: Tensor) -> Tensor:
+        if random_sign:
+            sign = torch.randint(0, 2, (x.shape[0],), generator=generator, device=x.device) * 2 - 1
+            x = x * sign.to(x.dtype).reshape((-1,) + (1,) * (x.dim() - 1))
+        return target.sample_spins(x, generator).reshape(x.shape[0], -1).to(x.dtype)
+
+    def structure_factor(x: Tensor) -> Tensor:
+        return spins(x).sum(1) ** 2 / n**2
+
+    def energy_per_site(x: Tensor) -> Tensor:
+        s = spins(x)
+        b = bonds.to(x.device)
+        return -(s[:, b[:, 0]] * s[:, b[:, 1]]).sum(1) / n
+
+    return {"structure_factor": structure_factor, "energy_per_site": energy_per_site}

@@ -30,7 +30,14 @@ from deeprg.models.ising import parse_coupling
 from deeprg.models.relaxed import RelaxedIsing
 from deeprg.runs import atomic_path
 
-__all__ = ["FlowTrainConfig", "NonFiniteLoss", "Trainer", "CheckpointMismatch", "variational_free_energy"]
+__all__ = [
+    "CheckpointMismatch",
+    "FlowTrainConfig",
+    "NonFiniteLoss",
+    "Trainer",
+    "load_run",
+    "variational_free_energy",
+]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -283,3 +290,32 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != "deeprg.flow-checkpoint/1":
         raise CheckpointMismatch(f"{str(path)!r} is not a deeprg flow checkpoint")
     return state
+
+
+def load_run(run_dir: str | Path, device: str | None = None, threads: int | None = None) -> Trainer:
+    """The trainer of a run directory written by ``deeprg flow train``, restored from its
+    checkpoint. Raises :class:`CheckpointMismatch` naming what is missing or incompatible."""
+    run_dir = Path(run_dir)
+    config_path, checkpoint = run_dir / "config.json", run_dir / "checkpoint.pt"
+    if not run_dir.is_dir():
+        raise CheckpointMismatch(f"run directory {str(run_dir)!r} does not exist")
+    for path in (config_path, checkpoint):
+        if not path.exists():
+            raise CheckpointMismatch(f"run directory {str(run_dir)!r} is incomplete: {path.name} is missing")
+    try:
+        saved = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointMismatch(f"{str(config_path)!r} is not valid JSON ({err})") from None
+    known = {f.name for f in dataclasses.fields(FlowTrainConfig)}
+    values = {k: v for k, v in saved.items() if k in known}
+    if device is not None:
+        values["device"] = device
+    if threads is not None:
+        values["threads"] = threads
+    try:
+        cfg = FlowTrainConfig(**values)
+    except (TypeError, ValueError) as err:
+        raise CheckpointMismatch(f"{str(config_path)!r} is not a usable flow config ({err})") from None
+    trainer = Trainer(cfg)
+    trainer.load(checkpoint)
+    return trainer

@@ -1,0 +1,75 @@
+"""``deeprg flow estimate|sample|hmc`` on a run directory of ``deeprg flow train``."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+# The smoke runs here are far too short for reliable autocorrelation times; that warning is expected.
+pytestmark = pytest.mark.filterwarnings("ignore:chain length")
+
+
+@pytest.fixture
+def run_dir(cli, tmp_path):
+    run = tmp_path / "run"
+    status, _, _ = cli("flow", "train", "--L", "4", "--steps", "20", "--batch", "32", "--hidden", "8",
+                       "--threads", "1", "--out", run, "--quiet")
+    assert status == 0
+    return run
+
+
+def test_estimate_reports_ln_z_with_error_and_ess(cli, run_dir):
+    status, out, _ = cli("flow", "estimate", run_dir, "--samples", "4000", "--json")
+    assert status == 0
+    s = json.loads(out)
+    assert set(s["ln_z"]) == {"mean", "error"} and s["ln_z"]["error"] > 0
+    assert 0 < s["ess_fraction"] <= 1
+    assert s["exact_ln_z"] == pytest.approx(37.377, abs=1e-3)
+    # the bound: -F_q <= ln Z, and the importance estimate is unbiased (loose: few samples)
+    assert -s["variational_free_energy"]["mean"] <= s["exact_ln_z"] + 4 * s["variational_free_energy"]["error"]
+
+
+def test_sample_writes_fields_spins_and_picture(cli, run_dir, tmp_path):
+    out = tmp_path / "samples.npz"
+    status, _, _ = cli("flow", "sample", run_dir, "--n", "8", "--out", out)
+    assert status == 0
+    data = np.load(out, allow_pickle=False)
+    assert data["x"].shape == (8, 4, 4) and data["spins"].dtype == np.int8
+    assert set(np.unique(data["spins"])) <= {-1, 1}
+    assert out.with_suffix(".png").exists()
+
+
+@pytest.mark.parametrize("space", ["latent", "physical"])
+def test_hmc_reports_observables_with_error_bars(cli, run_dir, space):
+    status, out, _ = cli("flow", "hmc", run_dir, "--space", space, "--chains", "8", "--steps", "30",
+                         "--warmup", "10", "--leapfrog", "4", "--json", "--quiet")
+    assert status == 0
+    s = json.loads(out)
+    for key in ("structure_factor", "energy_per_site"):
+        assert set(s[key]) == {"mean", "error"}
+    assert 0 <= s["acceptance"] <= 1 and set(s["tau_int"]) == {"structure_factor", "energy_per_site"}
+    assert 0 < s["structure_factor"]["mean"] <= 1 and -2 <= s["energy_per_site"]["mean"] <= 2
+
+
+def test_hmc_step_size_giving_nans_is_reported(cli, run_dir):
+    status, _, err = cli("flow", "hmc", run_dir, "--space", "physical", "--chains", "4", "--steps", "10",
+                         "--warmup", "0", "--step-size", "1e200", "--quiet")
+    assert status == 2 and "--step-size" in err and "non-finite" in err
+
+
+def test_missing_or_incomplete_run_directory_exits_2(cli, run_dir, tmp_path):
+    status, _, err = cli("flow", "estimate", tmp_path / "nowhere")
+    assert status == 2 and "does not exist" in err
+    (run_dir / "config.json").unlink()
+    status, _, err = cli("flow", "hmc", run_dir, "--quiet")
+    assert status == 2 and "config.json is missing" in err
+
+
+@pytest.mark.parametrize("argv, needle", [(["hmc", "--steps", "0"], "--steps"), (["hmc", "--chains", "0"], "--chains"),
+                                          (["estimate", "--samples", "1"], "--samples")])
+def test_bad_numbers_exit_2(cli, run_dir, argv, needle):
+    status, _, err = cli("flow", argv[0], run_dir, *argv[1:])
+    assert status == 2 and needle in err
