@@ -73,3 +73,15 @@ def test_missing_or_incomplete_run_directory_exits_2(cli, run_dir, tmp_path):
 def test_bad_numbers_exit_2(cli, run_dir, argv, needle):
     status, _, err = cli("flow", argv[0], run_dir, *argv[1:])
     assert status == 2 and needle in err
+
+
+def test_analyze_writes_maps_and_mutual_information(cli, run_dir, tmp_path):
+    out = tmp_path / "analysis"
+    status, stdout, _ = cli("flow", "analyze", run_dir, "--samples", "256", "--out", out, "--json")
+    assert status == 0
+    s = json.loads(stdout)
+    assert len(s["top_latent_sites"]) == 4 and np.array(s["response_maps"]).shape == (4, 4, 4)
+    mi = np.array(s["mi_physical"])
+    assert mi.shape == (16, 16) and np.allclose(mi, mi.T)
+    for name in ("analysis.json", "response_maps.png", "mutual_information.png"):
+        assert (out / name).exists()

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from deeprg.runs import atomic_path  # noqa: E402
 
-__all__ = ["field_grid", "training_curve"]
+__all__ = ["field_grid", "mutual_information_maps", "training_curve"]
 
 
 def _save(fig, path: str | Path) -> None:
@@ -61,5 +61,19 @@ def field_grid(fields: np.ndarray, path: str | Path, title: str = "", cmap: str 
     for ax, f in zip(axes.ravel(), fields):
         ax.imshow(f, cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def mutual_information_maps(mi_latent: np.ndarray, mi_physical: np.ndarray, path: str | Path) -> None:
+    """Heat maps of pairwise mutual information among latents and among physical variables
+    (Li & Wang Fig. 4(b, c)); separate colour scales."""
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.8))
+    for ax, mi, name in ((axes[0], mi_latent, "latent variables z"), (axes[1], mi_physical, "physical variables x")):
+        im = ax.imshow(mi, cmap="viridis", interpolation="nearest")
+        ax.set_title(f"mutual information, {name}", fontsize=9)
+        ax.set_xlabel("site")
+        ax.set_ylabel("site")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="nats")
     fig.tight_layout()
     _save(fig, path)

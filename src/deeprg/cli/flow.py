@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from deeprg.cli.common import writable_file
+from deeprg.flows.analysis import latent_and_physical_mutual_information, response_maps, top_latent_sites
 from deeprg.flows.estimators import importance_ln_z, ising_observables, latent_log_prob
 from deeprg.flows.train import (
     CheckpointMismatch,
@@ -30,7 +31,7 @@ from deeprg.flows.train import (
 )
 from deeprg.mc.hmc import HMCDivergence, hmc
 from deeprg.mc.stats import estimate
-from deeprg.plots import field_grid, training_curve
+from deeprg.plots import field_grid, mutual_information_maps, training_curve
 from deeprg.runs import atomic_path, run_provenance, write_json
 
 CHECKPOINT = "checkpoint.pt"
@@ -109,6 +110,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--json", action="store_true", help="print a machine-readable summary")
     h.add_argument("--quiet", action="store_true", help="no progress bar")
     h.set_defaults(run=run_hmc)
+
+    a = actions.add_parser("analyze", help="response maps and mutual information of the latent variables")
+    a.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg flow train'")
+    a.add_argument("--samples", type=int_at_least(64), default=2000, help="flow samples averaged over [2000]")
+    a.add_argument("--seed", type=int_at_least(0), default=0, help="random seed [0]")
+    a.add_argument("--out", help="output directory [RUN/analysis]")
+    a.add_argument("--json", action="store_true", help="print the summary as JSON")
+    a.set_defaults(run=run_analyze)
 
 
 OVERRIDES = ("L", "d", "beta", "arch", "depth", "steps", "batch", "lr", "symmetrize", "hidden", "n_couplings",
@@ -318,4 +327,44 @@ def run_hmc(args: argparse.Namespace) -> int:
           f"{result.acceptance_rate:.3f}, step size {result.step_size:.3g} x {result.n_leapfrog}")
     for name, est in stats.items():
         print(f"  {name:18s} {str(est):>14s}   tau_int {est.tau_int:.2f} steps")
+    return 0
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    trainer = _load(args)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "analysis"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: {str(out)!r} exists and is not a directory")
+    flow = trainer.flow
+    gen = torch.Generator(device=trainer.device).manual_seed(args.seed)
+    with torch.no_grad():
+        x = flow.sample(args.samples, gen)
+    top = top_latent_sites(flow)
+    maps = response_maps(flow, x, top)
+    n = trainer.cfg.L**trainer.cfg.d
+    sites = np.arange(n) if n <= 64 else np.arange(trainer.cfg.L)  # all sites, or the first row
+    mi_z, mi_x = latent_and_physical_mutual_information(flow, x, sites)
+    off = ~np.eye(len(sites), dtype=bool)
+    summary = {
+        "samples": args.samples,
+        "seed": args.seed,
+        "top_latent_sites": top.tolist(),
+        "response_maps": maps.tolist(),
+        "mi_sites": sites.tolist(),
+        "mi_latent": mi_z.tolist(),
+        "mi_physical": mi_x.tolist(),
+        "mean_mi_latent": float(mi_z[off].mean()),
+        "mean_mi_physical": float(mi_x[off].mean()),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "analysis.json", summary)
+    if trainer.cfg.d == 2:
+        field_grid(maps, out / "response_maps.png", title="E[dz_i/dx] of the top-level latents")
+    mutual_information_maps(mi_z, mi_x, out / "mutual_information.png")
+    if args.json:
+        print_json(summary)
+        return 0
+    print(f"top-level latents at sites {top.tolist()}; response maps in {out / 'response_maps.png'}")
+    print(f"mean pairwise mutual information: latents {summary['mean_mi_latent']:.4f} nats, "
+          f"physical variables {summary['mean_mi_physical']:.4f} nats ({out / 'mutual_information.png'})")
     return 0
