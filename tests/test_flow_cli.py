@@ -9,7 +9,7 @@ import torch
 torch.set_num_threads(1)
 
 # The smoke runs here are far too short for reliable autocorrelation times; that warning is expected.
-pytestmark = pytest.mark.filterwarnings("ignore:chain length")
+pytestmark = [pytest.mark.filterwarnings("ignore:chain length"), pytest.mark.filterwarnings("ignore:no Sokal window")]
 
 
 @pytest.fixture
@@ -54,6 +54,21 @@ def test_hmc_reports_observables_with_error_bars(cli, run_dir, space):
     assert 0 < s["structure_factor"]["mean"] <= 1 and -2 <= s["energy_per_site"]["mean"] <= 2
 
 
+def test_hmc_in_both_spaces_writes_summary_and_fig3b_plots(cli, run_dir, tmp_path):
+    out = tmp_path / "hmc"
+    status, stdout, _ = cli("flow", "hmc", run_dir, "--space", "both", "--start", "noise", "--chains", "4",
+                            "--steps", "12", "--warmup", "5", "--leapfrog", "3", "--out", out, "--json", "--quiet")
+    assert status == 0
+    s = json.loads(stdout)
+    assert json.loads((out / "hmc.json").read_text()) == s
+    for space in ("latent", "physical"):
+        assert set(s[space]["structure_factor"]) == {"mean", "error"} and s[space]["seconds"] > 0
+    # 4x4: the reference is exact (enumeration), so its error is 0
+    assert s["reference"]["structure_factor"]["error"] == 0
+    assert 0.7 < s["reference"]["structure_factor"]["mean"] < 0.8
+    assert (out / "hmc_structure_factor.png").exists() and (out / "hmc_energy_per_site.png").exists()
+
+
 def test_hmc_step_size_giving_nans_is_reported(cli, run_dir):
     status, _, err = cli("flow", "hmc", run_dir, "--space", "physical", "--chains", "4", "--steps", "10",
                          "--warmup", "0", "--step-size", "1e200", "--quiet")
@@ -66,6 +81,14 @@ def test_missing_or_incomplete_run_directory_exits_2(cli, run_dir, tmp_path):
     (run_dir / "config.json").unlink()
     status, _, err = cli("flow", "hmc", run_dir, "--quiet")
     assert status == 2 and "config.json is missing" in err
+
+
+def test_run_directory_from_an_incompatible_version_exits_2(cli, run_dir):
+    config = json.loads((run_dir / "config.json").read_text())
+    config["format"] = "deeprg.flow-run/0"
+    (run_dir / "config.json").write_text(json.dumps(config))
+    status, _, err = cli("flow", "estimate", run_dir)
+    assert status == 2 and "incompatible deeprg version" in err and "flow-run/0" in err
 
 
 @pytest.mark.parametrize("argv, needle", [(["hmc", "--steps", "0"], "--steps"), (["hmc", "--chains", "0"], "--chains"),
@@ -83,5 +106,7 @@ def test_analyze_writes_maps_and_mutual_information(cli, run_dir, tmp_path):
     assert len(s["top_latent_sites"]) == 4 and np.array(s["response_maps"]).shape == (4, 4, 4)
     mi = np.array(s["mi_physical"])
     assert mi.shape == (16, 16) and np.allclose(mi, mi.T)
-    for name in ("analysis.json", "response_maps.png", "mutual_information.png"):
+    energy = s["top_latent_energy"]
+    assert np.array(energy["plane"]).shape == (len(energy["values"]),) * 2 and min(energy["profile"]) == 0
+    for name in ("analysis.json", "response_maps.png", "mutual_information.png", "latent_energy.png"):
         assert (out / name).exists()

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from deeprg.runs import atomic_path  # noqa: E402
 
-__all__ = ["field_grid", "mutual_information_maps", "training_curve"]
+__all__ = ["field_grid", "hmc_traces", "latent_energy", "mutual_information_maps", "training_curve"]
 
 
 def _save(fig, path: str | Path) -> None:
@@ -44,6 +44,55 @@ def training_curve(history: list[dict], exact_free_energy: float | None, path: s
     ax.set_xlabel("training step")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def hmc_traces(traces: dict[str, np.ndarray], warmup: int, reference: tuple[float, float] | None,
+               path: str | Path, ylabel: str, title: str = "") -> None:
+    """An observable against the HMC step for several samplers (Li & Wang Fig. 3(b)).
+
+    ``traces``: label -> ``(steps, chains)`` values, warm-up steps first; drawn as the mean over
+    chains with its standard error. ``warmup`` steps are shaded; ``reference`` is ``(value,
+    error)`` of the exact or Monte Carlo value, drawn as a line with its band."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for label, values in traces.items():
+        values = np.asarray(values, dtype=float)
+        steps = np.arange(1, len(values) + 1)
+        mean = values.mean(1)
+        sem = values.std(1, ddof=1) / np.sqrt(values.shape[1]) if values.shape[1] > 1 else 0 * mean
+        ax.fill_between(steps, mean - sem, mean + sem, alpha=0.25, lw=0)
+        ax.plot(steps, mean, lw=1, label=label)
+    if reference is not None:
+        value, error = reference
+        ax.axhline(value, color="C3", lw=1.2, label="exact" if error == 0 else "Monte Carlo")
+        if error > 0:
+            ax.axhspan(value - error, value + error, color="C3", alpha=0.2, lw=0)
+    if warmup > 0:
+        ax.axvspan(0, warmup, color="0.85", lw=0, zorder=0, label="warm-up")
+    ax.set_xlabel("HMC step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def latent_energy(values: np.ndarray, profile: np.ndarray, plane: np.ndarray, path: str | Path) -> None:
+    """The renormalized energy of the top-level latents: along their collective direction
+    (``profile`` against ``values``) and on the plane of the first two (``plane``)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.8))
+    a.plot(values, profile, lw=1.2)
+    a.set_xlabel("every top-level latent $= t$")
+    a.set_ylabel(r"$E(z) - E_{\min}$")
+    a.grid(alpha=0.3)
+    extent = (values[0], values[-1], values[0], values[-1])
+    im = b.imshow(plane.T, origin="lower", extent=extent, cmap="viridis", aspect="equal")
+    b.set_xlabel("$z_1$")
+    b.set_ylabel("$z_2$")
+    fig.colorbar(im, ax=b, shrink=0.85)
+    fig.suptitle("renormalized energy of the top-level latents (others at 0)", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
 

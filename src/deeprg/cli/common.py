@@ -47,6 +47,17 @@ def int_at_least(minimum: int):
     return parse
 
 
+def positive_float(value: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {value!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value!r}")
+    return v
+
+
 def writable_file(path: str, option: str) -> Path:
     """Check, before any work, that ``path`` can be created or replaced; return it."""
     p = Path(path)

@@ -8,20 +8,26 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 
-from tqdm import tqdm
-
-from deeprg.cli.common import UsageError, coupling, int_at_least, print_json
-from deeprg.config import ConfigError, load_config
-from deeprg.flows.hierarchy import ARCHITECTURES
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from deeprg.cli.common import writable_file
-from deeprg.flows.analysis import latent_and_physical_mutual_information, response_maps, top_latent_sites
-from deeprg.flows.estimators import importance_ln_z, ising_observables, latent_log_prob
+from deeprg.cli.common import UsageError, coupling, int_at_least, positive_float, print_json, writable_file
+from deeprg.config import ConfigError, load_config
+from deeprg.flows.analysis import (
+    latent_and_physical_mutual_information,
+    response_maps,
+    top_latent_energy,
+    top_latent_sites,
+)
+from deeprg.flows.estimators import importance_ln_z
+from deeprg.flows.hierarchy import ARCHITECTURES
+from deeprg.flows.sampling import SPACES, STARTS, hmc_in_space, starting_fields
 from deeprg.flows.train import (
+    RUN_FORMAT,
     CheckpointMismatch,
     FlowTrainConfig,
     NonFiniteLoss,
@@ -29,22 +35,13 @@ from deeprg.flows.train import (
     load_run,
     variational_free_energy,
 )
-from deeprg.mc.hmc import HMCDivergence, hmc
+from deeprg.mc.hmc import HMCDivergence
+from deeprg.mc.reference import ising_reference
 from deeprg.mc.stats import estimate
-from deeprg.plots import field_grid, mutual_information_maps, training_curve
+from deeprg.plots import field_grid, hmc_traces, latent_energy, mutual_information_maps, training_curve
 from deeprg.runs import atomic_path, run_provenance, write_json
 
 CHECKPOINT = "checkpoint.pt"
-
-
-def positive_float(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {value!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value!r}")
-    return v
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -99,7 +96,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     h = actions.add_parser("hmc", help="hybrid Monte Carlo in the latent or the physical space")
     h.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg flow train'")
-    h.add_argument("--space", choices=("latent", "physical"), default="latent", help="[latent]")
+    h.add_argument("--space", choices=(*SPACES, "both"), default="latent",
+                   help="sample the latents z (Eq. 6), the fields x (Eq. 7), or both from the same start [latent]")
+    h.add_argument("--start", choices=STARTS, default="flow",
+                   help="initial fields: flow samples, or N(0,1) noise to watch thermalization [flow]")
     h.add_argument("--chains", type=int_at_least(1), default=64, help="parallel chains [64]")
     h.add_argument("--steps", type=int_at_least(1), default=2000, help="production steps [2000]")
     h.add_argument("--warmup", type=int_at_least(0), default=200, help="step-size adaptation steps [200]")
@@ -107,6 +107,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--leapfrog", type=int_at_least(1), default=10, help="leapfrog steps per trajectory [10]")
     h.add_argument("--seed", type=int_at_least(0), default=0, help="random seed [0]")
     h.add_argument("--threads", type=int_at_least(1), help="torch CPU threads")
+    h.add_argument("--out", help="directory for hmc.json and the Fig. 3(b)-style plots hmc_*.png [none]")
     h.add_argument("--json", action="store_true", help="print a machine-readable summary")
     h.add_argument("--quiet", action="store_true", help="no progress bar")
     h.set_defaults(run=run_hmc)
@@ -170,7 +171,8 @@ def run_train(args: argparse.Namespace) -> int:
         except CheckpointMismatch as err:
             raise UsageError(str(err)) from None
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {**cfg.to_dict(), **run_provenance(), "command": sys.argv})
+    write_json(run_dir / "config.json",
+               {"format": RUN_FORMAT, **cfg.to_dict(), **run_provenance(), "command": sys.argv})
 
     exact = trainer.exact_free_energy
     if not args.quiet:
@@ -277,56 +279,79 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_hmc(args: argparse.Namespace) -> int:
-    trainer = _load(args)
-    flow, target = trainer.flow, trainer.target
-    gen = torch.Generator(device=trainer.device).manual_seed(args.seed)
-    with torch.no_grad():
-        x0 = flow.sample(args.chains, gen)
-    if args.space == "latent":
-        log_prob = latent_log_prob(flow, target)
-        with torch.no_grad():
-            start = flow.hierarchy.renormalize(x0)[0]
+OBSERVABLES = ("structure_factor", "energy_per_site")
 
-        def to_field(v):
-            return flow.hierarchy.generate(v)[0]
-    else:
-        log_prob, start = target.log_prob_unnormalized, x0
 
-        def to_field(v):
-            return v
-    base = ising_observables(target, gen, random_sign=flow.symmetrize and args.space == "latent")
-    observables = {name: (lambda v, fn=fn: fn(to_field(v))) for name, fn in base.items()}
-    bar = tqdm(total=args.warmup + args.steps, disable=args.quiet, desc=f"hmc ({args.space})", unit="step",
-               file=sys.stderr, dynamic_ncols=True)
-    try:
-        result = hmc(log_prob, start, args.steps, step_size=args.step_size, n_leapfrog=args.leapfrog,
-                     warmup=args.warmup, observables=observables, generator=gen,
-                     callback=lambda step, acc: bar.update(1))
-    except HMCDivergence as err:
-        bar.close()
-        raise UsageError(f"--step-size: {err}") from None
-    bar.close()
-    stats = {name: estimate(result.series[name].T.numpy()) for name in base}
-    summary = {
-        "space": args.space,
-        "structure_factor": {"mean": stats["structure_factor"].mean, "error": stats["structure_factor"].error},
-        "energy_per_site": {"mean": stats["energy_per_site"].mean, "error": stats["energy_per_site"].error},
+def _hmc_summary(result, seconds: float) -> tuple[dict, dict]:
+    """The JSON summary of one HMC run and its observables' estimates."""
+    stats = {name: estimate(result.series[name].T.numpy()) for name in OBSERVABLES}
+    return {
+        **{name: {"mean": est.mean, "error": est.error} for name, est in stats.items()},
         "acceptance": result.acceptance_rate,
         "tau_int": {name: est.tau_int for name, est in stats.items()},
         "step_size": result.step_size,
         "leapfrog": result.n_leapfrog,
-        "chains": args.chains,
-        "steps": args.steps,
-        "seed": args.seed,
-    }
+        "seconds": seconds,
+    }, stats
+
+
+def run_hmc(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"--out: {str(out)!r} exists and is not a directory")
+    trainer = _load(args)
+    flow, target = trainer.flow, trainer.target
+    gen = torch.Generator(device=trainer.device).manual_seed(args.seed)
+    x0 = starting_fields(flow, args.chains, args.start, gen)
+    spaces = SPACES if args.space == "both" else (args.space,)
+    results, summaries, estimates = {}, {}, {}
+    for space in spaces:
+        bar = tqdm(total=args.warmup + args.steps, disable=args.quiet, desc=f"hmc ({space})", unit="step",
+                   file=sys.stderr, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        try:
+            results[space] = hmc_in_space(flow, target, space, x0, args.steps, step_size=args.step_size,
+                                          n_leapfrog=args.leapfrog, warmup=args.warmup, generator=gen,
+                                          callback=lambda step, acc: bar.update(1))
+        except HMCDivergence as err:
+            raise UsageError(f"--step-size: {err}") from None
+        finally:
+            bar.close()
+        summaries[space], estimates[space] = _hmc_summary(results[space], time.perf_counter() - t0)
+    reference = ising_reference(target.lattice, trainer.cfg.beta, seed=args.seed) if out or args.space == "both" else None
+    common = {"chains": args.chains, "steps": args.steps, "warmup": args.warmup, "start": args.start,
+              "seed": args.seed}
+    if len(spaces) == 1:
+        summary = {"space": spaces[0], **summaries[spaces[0]], **common}
+    else:
+        summary = {**summaries, **common}
+    if reference is not None:
+        summary["reference"] = {name: {"mean": est.mean, "error": est.error} for name, est in reference.items()}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "hmc.json", summary)
+        for name, label in (("structure_factor", r"structure factor $\langle (\sum_i s_i)^2\rangle / N^2$"),
+                            ("energy_per_site", "energy per site")):
+            traces = {f"{space} space": torch.cat([r.warmup_series[name], r.series[name]]).numpy()
+                      if r.warmup_series else r.series[name].numpy() for space, r in results.items()}
+            ref = reference[name]
+            hmc_traces(traces, args.warmup, (ref.mean, ref.error), out / f"hmc_{name}.png", label,
+                       title=f"HMC, L={trainer.cfg.L}, K={trainer.cfg.beta:.4g}, {args.chains} chains, "
+                             f"start: {args.start}")
     if args.json:
         print_json(summary)
         return 0
-    print(f"HMC in the {args.space} space: {args.chains} chains x {args.steps} steps, acceptance "
-          f"{result.acceptance_rate:.3f}, step size {result.step_size:.3g} x {result.n_leapfrog}")
-    for name, est in stats.items():
-        print(f"  {name:18s} {str(est):>14s}   tau_int {est.tau_int:.2f} steps")
+    for space, summ in summaries.items():
+        r = results[space]
+        print(f"HMC in the {space} space: {args.chains} chains x {args.steps} steps, acceptance "
+              f"{r.acceptance_rate:.3f}, step size {r.step_size:.3g} x {r.n_leapfrog}, {summ['seconds']:.1f} s")
+        for name, est in estimates[space].items():
+            print(f"  {name:18s} {str(est):>14s}   tau_int {est.tau_int:.2f} steps")
+    if reference is not None:
+        for name, est in reference.items():
+            print(f"  reference {name:18s} {str(est)}" + ("  (exact)" if est.error == 0 else "  (Wolff Monte Carlo)"))
+    if out is not None:
+        print(f"wrote {out / 'hmc.json'} and {out / 'hmc_structure_factor.png'}")
     return 0
 
 
@@ -344,6 +369,8 @@ def run_analyze(args: argparse.Namespace) -> int:
     n = trainer.cfg.L**trainer.cfg.d
     sites = np.arange(n) if n <= 64 else np.arange(trainer.cfg.L)  # all sites, or the first row
     mi_z, mi_x = latent_and_physical_mutual_information(flow, x, sites)
+    values = np.linspace(-4.0, 4.0, 81)
+    profile, plane = top_latent_energy(flow, trainer.target, top, values)
     off = ~np.eye(len(sites), dtype=bool)
     summary = {
         "samples": args.samples,
@@ -355,16 +382,19 @@ def run_analyze(args: argparse.Namespace) -> int:
         "mi_physical": mi_x.tolist(),
         "mean_mi_latent": float(mi_z[off].mean()),
         "mean_mi_physical": float(mi_x[off].mean()),
+        "top_latent_energy": {"values": values.tolist(), "profile": profile.tolist(), "plane": plane.tolist()},
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "analysis.json", summary)
     if trainer.cfg.d == 2:
         field_grid(maps, out / "response_maps.png", title="E[dz_i/dx] of the top-level latents")
     mutual_information_maps(mi_z, mi_x, out / "mutual_information.png")
+    latent_energy(values, profile, plane, out / "latent_energy.png")
     if args.json:
         print_json(summary)
         return 0
     print(f"top-level latents at sites {top.tolist()}; response maps in {out / 'response_maps.png'}")
     print(f"mean pairwise mutual information: latents {summary['mean_mi_latent']:.4f} nats, "
           f"physical variables {summary['mean_mi_physical']:.4f} nats ({out / 'mutual_information.png'})")
+    print(f"renormalized energy of the top-level latents: {out / 'latent_energy.png'}")
     return 0

@@ -5,7 +5,10 @@
 * :func:`top_latent_sites` - the sites holding the latents of the coarsest scale (the collective
   variables at the top of the hierarchy);
 * :func:`latent_and_physical_mutual_information` - KSG mutual information between pairs of latent
-  variables and between pairs of physical variables (Fig. 4(b, c)).
+  variables and between pairs of physical variables (Fig. 4(b, c));
+* :func:`top_latent_energy` - the renormalized energy of the latents (Eq. 6),
+  ``E(z) = -ln pi(g(z)) - ln|det dg/dz|``, restricted to the top-level latents with every other
+  latent held at 0, its prior mode.
 
 Expectations are over the fields passed in (e.g. flow samples, or HMC samples of ``pi``).
 """
@@ -19,7 +22,7 @@ from torch import Tensor
 from deeprg.flows.flow import Flow
 from deeprg.information import mutual_information_matrix
 
-__all__ = ["latent_and_physical_mutual_information", "response_maps", "top_latent_sites"]
+__all__ = ["latent_and_physical_mutual_information", "response_maps", "top_latent_energy", "top_latent_sites"]
 
 
 def top_latent_sites(flow: Flow) -> np.ndarray:
@@ -49,3 +52,35 @@ def latent_and_physical_mutual_information(flow: Flow, x: Tensor, sites: np.ndar
     zs = z.reshape(len(z), -1)[:, sites].double().cpu().numpy()
     xs = x.reshape(len(x), -1)[:, sites].double().cpu().numpy()
     return mutual_information_matrix(zs, k), mutual_information_matrix(xs, k)
+
+
+@torch.no_grad()
+def top_latent_energy(flow: Flow, target, sites: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The renormalized latent energy ``E(z) = -ln pi(g(z)) - ln|det dg/dz|`` (up to the constant
+    ``ln Z``) as a function of the latents at flat ``sites`` (e.g. :func:`top_latent_sites`), with
+    all other latents at 0.
+
+    Returns ``(profile, plane)``: ``profile[k]`` is ``E`` with every chosen latent equal to
+    ``values[k]`` (the collective direction, along which the Z2 symmetry shows as a double well
+    below T_c); ``plane[k, l]`` is ``E`` with the first two chosen latents at ``values[k]`` and
+    ``values[l]`` and the others at 0. Both are shifted so that their minimum is 0.
+    """
+    sites = np.asarray(sites, dtype=int)
+    values = np.asarray(values, dtype=float)
+    if sites.ndim != 1 or len(sites) < 2:
+        raise ValueError(f"sites must list at least two latents, got {sites.tolist()}")
+    ref = next(flow.parameters())
+    t = torch.as_tensor(values, dtype=ref.dtype, device=ref.device)
+    n = flow.n_sites
+
+    def energy(z_flat: Tensor) -> np.ndarray:
+        x, logdet = flow.hierarchy.generate(z_flat.reshape(len(z_flat), *flow.event_shape))
+        e = -(target.log_prob_unnormalized(x) + logdet).double().cpu().numpy()
+        return e - e.min()
+
+    line = torch.zeros(len(t), n, dtype=ref.dtype, device=ref.device)
+    line[:, torch.as_tensor(sites)] = t[:, None]
+    grid = torch.zeros(len(t), len(t), n, dtype=ref.dtype, device=ref.device)
+    grid[:, :, int(sites[0])] = t[:, None]
+    grid[:, :, int(sites[1])] = t[None, :]
+    return energy(line), energy(grid.reshape(-1, n)).reshape(len(t), len(t))

@@ -134,7 +134,7 @@ def ising_observables(target, generator: torch.Generator | None = None, random_s
     Each call draws fresh spins; with ``random_sign`` the field's global sign is drawn at random
     first (needed for a Z2-symmetrized flow's latent sampler, see the module docstring).
     """
-    bonds = torch.as_tensor(target.lattice.bonds, dtype=torch.long)
+    bonds = torch.tensor(target.lattice.bonds, dtype=torch.long)
     n = target.lattice.n_sites
 
     def spins(x: Tensor) -> Tensor:

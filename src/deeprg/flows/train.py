@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+import deeprg
 from deeprg.flows.flow import Flow
 from deeprg.flows.hierarchy import ARCHITECTURES, Hierarchy, layer_specs
 from deeprg.lattice import Lattice
@@ -31,6 +32,7 @@ from deeprg.models.relaxed import RelaxedIsing
 from deeprg.runs import atomic_path
 
 __all__ = [
+    "RUN_FORMAT",
     "CheckpointMismatch",
     "FlowTrainConfig",
     "NonFiniteLoss",
@@ -292,6 +294,10 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
+#: Format of a run directory's ``config.json``; bump when a run can no longer be reloaded.
+RUN_FORMAT = "deeprg.flow-run/1"
+
+
 def load_run(run_dir: str | Path, device: str | None = None, threads: int | None = None) -> Trainer:
     """The trainer of a run directory written by ``deeprg flow train``, restored from its
     checkpoint. Raises :class:`CheckpointMismatch` naming what is missing or incompatible."""
@@ -306,6 +312,11 @@ def load_run(run_dir: str | Path, device: str | None = None, threads: int | None
         saved = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointMismatch(f"{str(config_path)!r} is not valid JSON ({err})") from None
+    if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT:
+        found = saved.get("format") if isinstance(saved, dict) else None
+        raise CheckpointMismatch(
+            f"{str(config_path)!r} was written by an incompatible deeprg version (run format {found!r}, "
+            f"this version {deeprg.__version__} reads {RUN_FORMAT!r})")
     known = {f.name for f in dataclasses.fields(FlowTrainConfig)}
     values = {k: v for k, v in saved.items() if k in known}
     if device is not None:

@@ -32,7 +32,8 @@ class HMCResult:
     """Output of :func:`hmc`.
 
     ``x``: final state ``(chains, *event)``; ``series``: name -> ``(n_saved, chains)`` float64
-    tensors of the observables recorded after warm-up (always ``log_prob``); ``acceptance``: mean
+    tensors of the observables recorded after warm-up (always ``log_prob``); ``warmup_series``:
+    the same during warm-up, ``(warmup, chains)``, to watch thermalization; ``acceptance``: mean
     acceptance probability per production step ``(n_saved,)``; ``step_size`` used in production;
     ``n_rejected_nonfinite`` proposals rejected for non-finite energy.
     """
@@ -44,6 +45,7 @@ class HMCResult:
     n_leapfrog: int
     n_rejected_nonfinite: int = 0
     warmup_acceptance: list[float] = field(default_factory=list)
+    warmup_series: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def acceptance_rate(self) -> float:
@@ -115,7 +117,8 @@ def hmc(
     warmup: steps of step-size adaptation before production (0: use ``step_size`` as given).
     target_acceptance: mean acceptance aimed at during warm-up, in (0, 1).
     jitter: relative half-width of the uniform random step size, in [0, 1).
-    observables: name -> ``(chains, *event) -> (chains,)`` recorded after every production step.
+    observables: name -> ``(chains, *event) -> (chains,)`` recorded after every step (warm-up steps
+        in ``warmup_series``).
     generator: random source for momenta and accept decisions.
     callback: called as ``callback(step, acceptance)`` after every step (e.g. a progress bar).
     """
@@ -140,6 +143,7 @@ def hmc(
     adapt = _DualAveraging(step_size, target_acceptance) if warmup > 0 else None
     eps = step_size
     series: dict[str, list[Tensor]] = {"log_prob": [], **{k: [] for k in observables}}
+    warm_series: dict[str, list[Tensor]] = {k: [] for k in series}
     acceptance, warm_acc = [], []
     n_bad = 0
     for step in range(warmup + n_steps):
@@ -172,10 +176,11 @@ def hmc(
                 eps = adapt.final
         else:
             acceptance.append(mean_acc)
-            series["log_prob"].append(lp.double().cpu())
-            for name, fn in observables.items():
-                with torch.no_grad():
-                    series[name].append(fn(x).double().cpu())
+        record = warm_series if step < warmup else series
+        record["log_prob"].append(lp.double().cpu())
+        for name, fn in observables.items():
+            with torch.no_grad():
+                record[name].append(fn(x).double().cpu())
         if callback is not None:
             callback(step + 1, mean_acc)
     return HMCResult(
@@ -186,4 +191,5 @@ def hmc(
         n_leapfrog=n_leapfrog,
         n_rejected_nonfinite=n_bad,
         warmup_acceptance=warm_acc,
+        warmup_series={k: torch.stack(v) for k, v in warm_series.items() if v},
     )
