@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from deeprg.flows import ARCHITECTURES, BlockRealNVP, Flow, Hierarchy, layer_specs
-from deeprg.flows.bijectors import coupling_partitions
+from deeprg.flows.bijectors import CirculantLinear, coupling_partitions
 from deeprg.lattice import Lattice
 
 torch.set_num_threads(1)
@@ -141,6 +141,36 @@ def test_coupling_partitions_rejects_bad_block_size(k):
 
 
 # --------------------------------------------------------------------------------------------
+# CirculantLinear
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(8,), (4, 4), (4, 2), (2, 4, 4)], ids=lambda s: "x".join(map(str, s)))
+def test_circulant_linear_inverse_and_logdet(shape):
+    bij = perturb(CirculantLinear(shape).double(), seed=len(shape), scale=0.5)
+    check_bijection(bij, randn(4, *shape, seed=3), n_jac=2)
+
+
+def test_circulant_linear_is_a_symmetric_translation_invariant_real_map():
+    shape = (4, 8)
+    bij = perturb(CirculantLinear(shape).double(), seed=7, scale=0.5)
+    jac = single_jacobian(bij.generate, randn(*shape, seed=2))
+    torch.testing.assert_close(jac, jac.T, **TIGHT)  # symmetric
+    x = randn(3, *shape, seed=4)
+    shifted = bij.generate(torch.roll(x, (1, 3), (1, 2)))[0]
+    torch.testing.assert_close(shifted, torch.roll(bij.generate(x)[0], (1, 3), (1, 2)), **TIGHT)
+    assert bij.generate(x)[0].dtype == torch.float64
+
+
+def test_circulant_linear_fresh_is_identity():
+    bij = CirculantLinear((4, 4)).double()
+    x = randn(2, 4, 4)
+    z, ld = bij.renormalize(x)
+    torch.testing.assert_close(z, x, **TIGHT)
+    assert ld.abs().max() == 0
+
+
+# --------------------------------------------------------------------------------------------
 # Hierarchy
 # --------------------------------------------------------------------------------------------
 
@@ -151,11 +181,11 @@ HIERARCHY_CASES = (
 )
 
 
-def make_hierarchy(shape, arch, shared=True, seed=0, depth=None, scale=0.1):
+def make_hierarchy(shape, arch, shared=True, seed=0, depth=None, scale=0.1, linear=False):
     lattice = Lattice(shape)
     if arch == "tebd" and depth is None and shape[0] == 2:
         depth = 1  # the default depth (2 log2 L = 2) is rejected on L = 2; see test below
-    h = Hierarchy(lattice, arch, depth=depth, n_couplings=4, hidden=HIDDEN, shared=shared)
+    h = Hierarchy(lattice, arch, depth=depth, n_couplings=4, hidden=HIDDEN, shared=shared, linear=linear)
     return perturb(h.double(), seed=seed, scale=scale)
 
 
@@ -170,6 +200,16 @@ def test_hierarchy_inverse_and_logdet(case):
     h = make_hierarchy(shape, arch, seed=len(shape) * 100 + shape[0])
     x = randn(4, *shape, seed=shape[0])
     check_bijection(h, x, n_jac=2)
+
+
+@pytest.mark.parametrize("case", [((16,), "mera"), ((4, 4), "mera"), ((4, 4), "tree"), ((2, 2, 2), "mera")],
+                         ids=case_id)
+def test_hierarchy_with_linear_map_inverse_and_logdet(case):
+    shape, arch = case
+    h = make_hierarchy(shape, arch, seed=3, linear=True)
+    with torch.no_grad():
+        h.linear.raw.normal_(0, 0.3)
+    check_bijection(h, randn(4, *shape, seed=5), n_jac=2)
 
 
 def test_hierarchy_unshared_weights():
@@ -313,8 +353,12 @@ def test_tebd_depth_two_spreads_beyond_a_block():
 # --------------------------------------------------------------------------------------------
 
 
-def make_flow(shape, arch="mera", symmetrize=False, seed=0, scale=0.1):
-    return Flow(make_hierarchy(shape, arch, seed=seed, scale=scale), symmetrize=symmetrize)
+def make_flow(shape, arch="mera", symmetrize=False, seed=0, scale=0.1, linear=False):
+    flow = Flow(make_hierarchy(shape, arch, seed=seed, scale=scale, linear=linear), symmetrize=symmetrize)
+    if linear:
+        with torch.no_grad():
+            flow.hierarchy.linear.raw.normal_(0, 0.2, generator=torch.Generator().manual_seed(seed))
+    return flow
 
 
 SYM = pytest.mark.parametrize("symmetrize", [False, True], ids=["plain", "sym"])
@@ -323,7 +367,7 @@ SYM = pytest.mark.parametrize("symmetrize", [False, True], ids=["plain", "sym"])
 @SYM
 @pytest.mark.parametrize("shape", [(8,), (4, 4)], ids=lambda s: "x".join(map(str, s)))
 def test_log_prob_matches_sample_and_log_prob(shape, symmetrize):
-    flow = make_flow(shape, symmetrize=symmetrize, seed=21)
+    flow = make_flow(shape, symmetrize=symmetrize, seed=21, linear=True)
     x, log_q = flow.sample_and_log_prob(64, generator=torch.Generator().manual_seed(3))
     assert x.shape == (64, *shape) and x.dtype == torch.float64 and log_q.shape == (64,)
     torch.testing.assert_close(flow.log_prob(x), log_q, rtol=1e-10, atol=1e-10)
@@ -354,9 +398,10 @@ def test_log_prob_normalized_quadrature_two_sites(symmetrize):
 
 
 @SYM
-def test_log_prob_normalized_importance_sampling_4x4(symmetrize):
+@pytest.mark.parametrize("linear", [False, True], ids=["nvp", "nvp+linear"])
+def test_log_prob_normalized_importance_sampling_4x4(symmetrize, linear):
     """mean of exp(log_prob(x) - log_proposal(x)) over a wide Gaussian proposal is 1 within 4 SE."""
-    flow = make_flow((4, 4), symmetrize=symmetrize, seed=23, scale=0.05)
+    flow = make_flow((4, 4), symmetrize=symmetrize, seed=23, scale=0.05, linear=linear)
     with torch.no_grad():
         samples = flow.sample(8192, generator=torch.Generator().manual_seed(5)).reshape(8192, -1)
     # proposal: the flow's own mean and covariance, inflated 1.5x (wider in every principal direction)

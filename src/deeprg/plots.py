@@ -126,3 +126,96 @@ def mutual_information_maps(mi_latent: np.ndarray, mi_physical: np.ndarray, path
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="nats")
     fig.tight_layout()
     _save(fig, path)
+
+
+def filter_snapshots(filters: np.ndarray, epochs: list[int], path: str | Path, title: str = "") -> None:
+    """Filters ``(n, f, f)`` of the RBM projector after the given training epochs, one panel each,
+    on one symmetric colour scale (Chung & Kao Fig. 1). Row = filter row offset from the block."""
+    filters = np.asarray(filters, dtype=float)
+    n = len(filters)
+    vmax = float(np.abs(filters).max()) or 1.0
+    fig, axes = plt.subplots(1, n, figsize=(1.9 * n + 0.8, 2.4), squeeze=False)
+    for ax, w, epoch in zip(axes[0], filters, epochs):
+        im = ax.imshow(w, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"epoch {epoch}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=list(axes[0]), fraction=0.02, pad=0.02, label="weight")
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+
+
+def exponent_vs_epoch(epochs: np.ndarray, means: np.ndarray, errors: np.ndarray, path: str | Path,
+                      references: dict[str, float], ylabel: str = r"$y_t$", title: str = "") -> None:
+    """An MCRG exponent with error bars against the training epoch (Chung & Kao Fig. 2);
+    ``references`` maps labels to values drawn as dotted horizontal lines."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.errorbar(epochs, means, yerr=errors, fmt="o-", ms=3, lw=1, capsize=2, label="RBM projector")
+    for i, (label, value) in enumerate(references.items()):
+        ax.axhline(value, ls=":", lw=1.2, color=f"C{i + 1}", label=label)
+    ax.set_xlabel("training epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+__all__ += ["exponent_vs_epoch", "filter_snapshots"]
+
+
+def window_nll_curve(history: list[dict], path: str | Path, reference: float | None = None, title: str = "") -> None:
+    """CORA training: window negative log-likelihood per site against the epoch, one colour per
+    training stage (layer-by-layer learning fits one layer at a time on data of its level);
+    ``reference`` (e.g. the exact window entropy per site) as a dotted line."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    stages: dict[tuple, list[dict]] = {}
+    for h in history:
+        stages.setdefault((h["pass"], h["layer"]), []).append(h)
+    for i, ((p, layer), records) in enumerate(stages.items()):
+        label = "all layers" if layer == 0 else (f"pass {p}, layer {layer}" if len(stages) <= 8 else None)
+        ax.plot([h["epoch"] for h in records], [h["loss"] for h in records], lw=1, color=f"C{i % 10}", label=label)
+    if reference is not None:
+        ax.axhline(reference, ls=":", color="k", lw=1.2, label="exact")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("window NLL per site (nats)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def correlation_model_vs_data(correlation: list[dict], path: str | Path, title: str = "") -> None:
+    """Two-point function ``G(r)`` of model samples against the data's, with error bars;
+    ``correlation`` is a list of ``{"r", "model", "model_error", "data", "data_error"}``."""
+    r = np.array([c["r"] for c in correlation])
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    for key, fmt in (("data", "o-"), ("model", "s--")):
+        ax.errorbar(r, [c[key] for c in correlation], yerr=[c[f"{key}_error"] for c in correlation], fmt=fmt,
+                    ms=3, lw=1, capsize=2, label=key)
+    ax.set_xlabel("distance r")
+    ax.set_ylabel(r"$G(r) = \langle s_i s_{i+r} \rangle$")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def chain_samples(samples: np.ndarray, path: str | Path, title: str = "") -> None:
+    """1D configurations ``(n, L)`` (at most 64) as one image, one configuration per row, +1 / -1
+    (or the two values) in two colours."""
+    samples = np.asarray(samples, dtype=float)[:64]
+    n, L = samples.shape
+    fig, ax = plt.subplots(figsize=(min(2.0 + L / 10, 12.0), min(1.2 + n / 10, 8.0)))
+    ax.imshow(samples, cmap="RdBu_r", interpolation="nearest", aspect="auto")
+    ax.set_xlabel("site")
+    ax.set_ylabel("sample")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+__all__ += ["chain_samples", "correlation_model_vs_data", "window_nll_curve"]

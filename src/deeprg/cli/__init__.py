@@ -11,7 +11,7 @@ import sys
 import warnings
 
 from deeprg import __version__
-from deeprg.cli import data, exact, flow, sample
+from deeprg.cli import cora, data, exact, flow, rsrg, sample
 from deeprg.cli.common import UsageError
 from deeprg.data import DatasetError
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"deeprg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (flow, exact, sample, data):
+    for module in (flow, exact, sample, data, rsrg, cora):
         module.add_parser(sub)
     return parser
 

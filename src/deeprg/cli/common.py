@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,25 @@ from deeprg.models.ising import parse_coupling
 
 class UsageError(Exception):
     """Bad user input found after parsing (exit status 2)."""
+
+
+class StopOnSignal:
+    """Turn SIGINT into a flag checked between training steps (the step in flight completes)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C aborts at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous)
 
 
 def coupling(value: str) -> float:

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deeprg.cli.common import UsageError, coupling, int_at_least, positive_float, print_json, writable_file
+from deeprg.cli.common import (
+    StopOnSignal,
+    UsageError,
+    coupling,
+    int_at_least,
+    positive_float,
+    print_json,
+    writable_file,
+)
 from deeprg.config import ConfigError, load_config
 from deeprg.flows.analysis import (
     latent_and_physical_mutual_information,
@@ -66,6 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--lr", type=positive_float, help="initial Adam learning rate [2e-3]")
     q.add_argument("--symmetrize", action=argparse.BooleanOptionalAction, default=None,
                    help="Z2-symmetrize the density, q(x) = [q0(x) + q0(-x)]/2 [on]")
+    q.add_argument("--linear", action=argparse.BooleanOptionalAction, default=None,
+                   help="learned translation-invariant linear map at the physical end [on]")
     q.add_argument("--hidden", type=int_at_least(1), nargs="+", help="hidden widths of the coupling MLPs [32 32]")
     q.add_argument("--couplings", dest="n_couplings", type=int_at_least(1), help="affine couplings per block [4]")
     q.add_argument("--seed", type=int_at_least(0), help="random seed [0]")
@@ -121,7 +130,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(run=run_analyze)
 
 
-OVERRIDES = ("L", "d", "beta", "arch", "depth", "steps", "batch", "lr", "symmetrize", "hidden", "n_couplings",
+OVERRIDES = ("L", "d", "beta", "arch", "depth", "steps", "batch", "lr", "symmetrize", "linear", "hidden", "n_couplings",
              "seed", "dtype", "device", "threads")
 
 
@@ -130,25 +139,6 @@ def resolve_config(args: argparse.Namespace) -> FlowTrainConfig:
         return load_config(FlowTrainConfig, args.config, {k: getattr(args, k) for k in OVERRIDES})
     except (ConfigError, ValueError) as err:
         raise UsageError(str(err)) from None
-
-
-class _StopOnSignal:
-    """Turn SIGINT into a flag checked between training steps (the step in flight completes)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C aborts at once
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._previous)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -192,7 +182,7 @@ def run_train(args: argparse.Namespace) -> int:
             bar.set_postfix(post, refresh=False)
 
     try:
-        with _StopOnSignal() as stop:
+        with StopOnSignal() as stop:
             trainer.train(on_step=on_step, should_stop=lambda: stop.requested, checkpoint=checkpoint)
     except NonFiniteLoss as err:
         bar.close()

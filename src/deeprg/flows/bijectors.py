@@ -23,6 +23,16 @@ affine coupling updates a subset ``b`` of a block's variables given the rest ``a
 with ``s = s_max * tanh(raw / s_max)``, a smooth bound on the log-scale. ``s`` and ``t`` come from
 one small MLP per coupling, either shared by all blocks of the layer (translation invariance) or
 one per block. The last MLP layer starts at zero, so a fresh bijector is the identity.
+
+Translation-invariant linear map
+--------------------------------
+:class:`CirculantLinear` acts on whole periodic fields ``(batch, *shape)``: a symmetric
+convolution, diagonal in the Fourier basis,
+
+    generate:  x = F^-1 [exp(a_k) F[z]_k],     renormalize:  z = F^-1 [exp(-a_k) F[x]_k],
+
+with ``log|det dx/dz| = sum_k a_k``. The log-eigenvalues are kept even, ``a_k = a_-k``, so the
+map is real and symmetric; they start at zero (identity).
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BlockRealNVP", "coupling_partitions"]
+__all__ = ["BlockRealNVP", "CirculantLinear", "coupling_partitions"]
 
 
 def coupling_partitions(k: int, n_couplings: int) -> list[tuple[list[int], list[int]]]:
@@ -156,3 +166,31 @@ def _replace(x: Tensor, idx: list[int], values: Tensor) -> Tensor:
     out = x.clone()
     out[..., idx] = values
     return out
+
+
+class CirculantLinear(nn.Module):
+    """Symmetric translation-invariant linear bijector on periodic fields of shape
+    ``(batch, *shape)`` (see the module docstring); ``shape`` has 1 to 3 axes."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        self.raw = nn.Parameter(torch.zeros(self.shape))
+
+    def log_eigenvalues(self) -> Tensor:
+        """``a_k``, even in ``k``: the raw parameters averaged with their reflection ``k -> -k``."""
+        dims = tuple(range(len(self.shape)))
+        reflected = torch.roll(torch.flip(self.raw, dims), (1,) * len(dims), dims)
+        return 0.5 * (self.raw + reflected)
+
+    def _transform(self, h: Tensor, sign: float) -> tuple[Tensor, Tensor]:
+        a = self.log_eigenvalues()
+        dims = tuple(range(1, h.dim()))
+        out = torch.fft.ifftn(torch.fft.fftn(h, dim=dims) * torch.exp(sign * a), dim=dims).real
+        return out, (sign * a.sum()).expand(h.shape[0])
+
+    def generate(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self._transform(z, 1.0)
+
+    def renormalize(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._transform(x, -1.0)

@@ -30,7 +30,11 @@ The two reference structures of Fig. 2: ``tebd`` uses disentangler-type layers o
 information spreads by one plaquette per layer); ``tree`` uses decimators only.
 
 Every layer is a :class:`~deeprg.flows.bijectors.BlockRealNVP`; the direction convention is the one
-written in :mod:`deeprg.flows.bijectors`.
+written in :mod:`deeprg.flows.bijectors`. With ``linear=True`` a
+:class:`~deeprg.flows.bijectors.CirculantLinear` map sits between the physical field and the first
+layer (generation: ``x = C(h)``; RG: ``h = C^-1(x)``): one learned symmetric convolution over the
+whole lattice, which captures the translation-invariant Gaussian part of the correlations at every
+length scale at negligible cost.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deeprg.flows.bijectors import BlockRealNVP
+from deeprg.flows.bijectors import BlockRealNVP, CirculantLinear
 from deeprg.lattice import Lattice
 
 __all__ = ["ARCHITECTURES", "Hierarchy", "LayerSpec", "layer_specs"]
@@ -114,6 +118,7 @@ class Hierarchy(nn.Module):
     arch: ``'mera'`` (default), ``'tebd'`` or ``'tree'``.
     depth: number of layers for ``'tebd'``.
     n_couplings, hidden, shared, s_max: passed to every :class:`BlockRealNVP`.
+    linear: add a :class:`CirculantLinear` map at the physical end.
     """
 
     def __init__(
@@ -125,6 +130,7 @@ class Hierarchy(nn.Module):
         hidden: tuple[int, ...] = (64, 64),
         shared: bool = True,
         s_max: float = 2.0,
+        linear: bool = False,
     ) -> None:
         super().__init__()
         self.lattice, self.arch = lattice, arch
@@ -133,6 +139,7 @@ class Hierarchy(nn.Module):
         self.layers = nn.ModuleList(
             BlockRealNVP(k, len(s.blocks), n_couplings, tuple(hidden), shared, s_max) for s in self.specs
         )
+        self.linear = CirculantLinear(lattice.shape) if linear else None
         for i, spec in enumerate(self.specs):
             self.register_buffer(f"_index{i}", torch.as_tensor(spec.blocks, dtype=torch.long), persistent=False)
 
@@ -145,8 +152,10 @@ class Hierarchy(nn.Module):
 
     def renormalize(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Physical field ``x`` -> latent field ``z`` and ``log|det dz/dx|``."""
+        logdet = x.new_zeros(x.shape[0])
+        if self.linear is not None:
+            x, logdet = self.linear.renormalize(x)
         h = x.reshape(x.shape[0], -1)
-        logdet = h.new_zeros(h.shape[0])
         for layer, index in zip(self.layers, self._indices()):
             h, ld = self._apply_layer(layer, index, h, "renormalize")
             logdet = logdet + ld
@@ -159,7 +168,11 @@ class Hierarchy(nn.Module):
         for layer, index in zip(reversed(self.layers), reversed(self._indices())):
             h, ld = self._apply_layer(layer, index, h, "generate")
             logdet = logdet + ld
-        return h.reshape(z.shape), logdet
+        x = h.reshape(z.shape)
+        if self.linear is not None:
+            x, ld = self.linear.generate(x)
+            logdet = logdet + ld
+        return x, logdet
 
     def latent_scale(self) -> np.ndarray:
         """Integer array of the lattice's shape: the scale at which each site's variable became a

@@ -45,7 +45,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 #: Config keys that define the model; a checkpoint is usable only if they all agree.
 MODEL_KEYS = ("L", "d", "beta", "min_eigenvalue", "arch", "depth", "n_couplings", "hidden", "shared",
-              "s_max", "symmetrize", "dtype")
+              "s_max", "linear", "symmetrize", "dtype")
 
 
 @dataclass
@@ -62,6 +62,7 @@ class FlowTrainConfig:
     hidden: list[int] = field(default_factory=lambda: [32, 32])
     shared: bool = True
     s_max: float = 2.0
+    linear: bool = True
     symmetrize: bool = True
     steps: int = 1000
     batch: int = 256
@@ -89,6 +90,7 @@ class FlowTrainConfig:
         self.hidden = list(self.hidden)
         need(all(isinstance(h, int) and h >= 1 for h in self.hidden), "hidden", "a list of integers >= 1")
         need(self.s_max > 0, "s_max", "> 0")
+        need(isinstance(self.linear, bool), "linear", "true or false")
         need(self.min_eigenvalue > 0, "min_eigenvalue", "> 0")
         need(isinstance(self.steps, int) and self.steps >= 1, "steps", "an integer >= 1")
         need(isinstance(self.batch, int) and self.batch >= 2, "batch", "an integer >= 2")
@@ -131,7 +133,7 @@ def build_target(cfg: FlowTrainConfig) -> RelaxedIsing:
 def build_flow(cfg: FlowTrainConfig) -> Flow:
     hierarchy = Hierarchy(
         Lattice.square(cfg.L, cfg.d), cfg.arch, cfg.depth, cfg.n_couplings, tuple(cfg.hidden),
-        cfg.shared, cfg.s_max,
+        cfg.shared, cfg.s_max, cfg.linear,
     )
     return Flow(hierarchy, cfg.symmetrize)
 
@@ -295,7 +297,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 #: Format of a run directory's ``config.json``; bump when a run can no longer be reloaded.
-RUN_FORMAT = "deeprg.flow-run/1"
+RUN_FORMAT = "deeprg.flow-run/2"
 
 
 def load_run(run_dir: str | Path, device: str | None = None, threads: int | None = None) -> Trainer:

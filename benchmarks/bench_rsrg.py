@@ -1,0 +1,234 @@
+"""Chung & Kao Table 1: MCRG y_t (and y_h) of the trained RBM projector and of the majority rule.
+
+The whole pipeline on the 32 x 32 periodic Ising model at K_c, timed stage by stage:
+
+1. **training set**: Wolff, 2 chains, ``thin="auto"`` (2 tau_int of the energy), ``--train``
+   configurations (default 10^4, the seed's);
+2. **training**: the 8 x 8 filter by CD-3, Adam, the seed's square-root decay of the learning rate
+   (1e-3 -> 1e-4 at epoch 25, polynomial form, see deeprg.rsrg.train), minibatch 10, ``--epochs``
+   epochs (default 50), one torch thread;
+3. **MCRG set and MCRG**: ``--mcrg`` fresh Wolff configurations (default 10^6, the seed's),
+   streamed in chunks straight into the MCRG accumulators of both transformations (never stored),
+   N_r = 1, 2, N_c = 1..7 (even) and 1..4 (odd), 32 jackknife blocks;
+4. **exponent vs epoch** (the seed's Fig. 2): y_t(N_r = 1, N_c = 7) of the filter after every
+   epoch on the first ``--fig2`` configurations of the MCRG set (default 5 x 10^4, the seed's).
+
+Run from the repository root on a quiet machine (about 10 minutes on 2 cores)::
+
+    python benchmarks/bench_rsrg.py               # writes benchmarks/results/rsrg.{json,md} and figures
+    python benchmarks/bench_rsrg.py --quick --out /tmp/rsrg-smoke    # ~1 minute smoke run
+
+The published columns come from tests/data/chung_kao_2020_table1.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from machine import describe  # noqa: E402
+
+from deeprg import Lattice  # noqa: E402
+from deeprg.mc import make_sampler  # noqa: E402
+from deeprg.mc.stats import format_value_error  # noqa: E402
+from deeprg.models.ising import K_C  # noqa: E402
+from deeprg.plots import exponent_vs_epoch, filter_snapshots  # noqa: E402
+from deeprg.rsrg.mcrg import mcrg, run_mcrg  # noqa: E402
+from deeprg.rsrg.train import RBMTrainConfig, Trainer  # noqa: E402
+from deeprg.rsrg.transforms import MajorityRule, RBMProjector  # noqa: E402
+
+TABLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "chung_kao_2020_table1.csv"
+L = 32
+LEVELS = 2
+BLOCKS = 32
+
+
+def published() -> dict[str, dict[tuple[int, int], str]]:
+    with TABLE.open() as fh:
+        rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    return {col: {(int(r["N_r"]), int(r["N_c"])): r[col] for r in rows} for col in ("optimal_rbm", "majority_rule")}
+
+
+def sample(n: int, seed: int, chunk: int):
+    """Wolff chunks ``(m, L, L)`` int8 and the sampling seconds of each."""
+    sampler = make_sampler("wolff", Lattice.square(L), K_C, seed=seed, n_chains=2)
+    for run in sampler.stream(n, thin="auto", chunk=chunk):
+        yield run.spins_flat(), run.seconds, run.thin
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2000 / 3 epochs / 20000 / 5000")
+    parser.add_argument("--train", type=int, help="training configurations [10000]")
+    parser.add_argument("--epochs", type=int, help="training epochs [50]")
+    parser.add_argument("--mcrg", type=int, help="MCRG configurations [1000000]")
+    parser.add_argument("--fig2", type=int, help="configurations for y_t vs epoch, 0 to skip [50000]")
+    parser.add_argument("--seed", type=int, default=2020, help="seed (training set: seed, MCRG set: seed + 1)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the RBM projector in MCRG [1]; training always uses 1 (its "
+                             "10 x 1024 x 256 products gain nothing from more, and lose much on a busy machine)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="output directory")
+    args = parser.parse_args(argv)
+    quick = dict(train=2000, epochs=3, mcrg=20000, fig2=5000)
+    full = dict(train=10_000, epochs=50, mcrg=1_000_000, fig2=50_000)
+    sizes = {k: getattr(args, k) if getattr(args, k) is not None else (quick if args.quick else full)[k] for k in full}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "rsrg_quick" if args.quick else "rsrg"
+    command = "python benchmarks/bench_rsrg.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    t_start = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    # 1. training set
+    t0 = time.perf_counter()
+    train = np.concatenate([s for s, _, _ in sample(sizes["train"], args.seed, chunk=sizes["train"] // 2)])
+    seconds["sampling_training_set"] = time.perf_counter() - t0
+    print(f"training set: {len(train)} configurations in {seconds['sampling_training_set']:.1f} s", flush=True)
+
+    # 2. training
+    cfg = RBMTrainConfig(epochs=sizes["epochs"], seed=args.seed, threads=1)
+    trainer = Trainer(cfg, train)
+    t0 = time.perf_counter()
+    trainer.train(on_epoch=lambda r: print(f"  epoch {r['epoch']:3d}  cd_gap {r['cd_gap']:9.4f}  "
+                                           f"max|w| {r['filter_max_abs']:.3f}  {r['seconds']:.0f} s", flush=True))
+    seconds["training"] = time.perf_counter() - t0
+    filters = trainer.filter_history
+    print(f"training: {cfg.epochs} epochs in {seconds['training']:.1f} s", flush=True)
+
+    # 3. MCRG set, streamed into both transformations
+    torch.set_num_threads(args.threads)
+    transforms = [RBMProjector(filters[-1]), MajorityRule()]
+    kept, n_kept, thin = [], 0, None
+    sampling = [0.0]
+
+    def chunks():
+        nonlocal n_kept, thin
+        for spins, s, thin in sample(sizes["mcrg"], args.seed + 1, chunk=4096):
+            sampling[0] += s
+            if n_kept < sizes["fig2"]:
+                kept.append(spins[: sizes["fig2"] - n_kept])
+                n_kept += len(kept[-1])
+            yield spins
+
+    t0 = time.perf_counter()
+    rbm, majority = run_mcrg(chunks(), (L, L), transforms, sizes["mcrg"], LEVELS, seed=args.seed, n_blocks=BLOCKS)
+    seconds["sampling_mcrg_set"] = sampling[0]
+    seconds["mcrg"] = time.perf_counter() - t0 - sampling[0]
+    print(f"MCRG: {sizes['mcrg']} configurations; sampling {sampling[0]:.1f} s, MCRG {seconds['mcrg']:.1f} s", flush=True)
+    seconds["pipeline_total"] = time.perf_counter() - t_start
+
+    # 4. exponent vs epoch on the first fig2 configurations (not part of the Table 1 pipeline)
+    fig2 = None
+    if sizes["fig2"]:
+        t0 = time.perf_counter()
+        subset = np.concatenate(kept)
+        per_epoch = mcrg(subset, [RBMProjector(f) for f in filters[1:]] + [MajorityRule()], levels=1,
+                         seed=args.seed, n_blocks=BLOCKS)
+        seconds["exponent_vs_epoch"] = time.perf_counter() - t0
+        fig2 = {"n_configurations": per_epoch[0].n_configurations, "epochs": list(range(1, len(filters))),
+                "y_t": [r.y_t[0][6].to_dict() for r in per_epoch[:-1]], "majority_y_t": per_epoch[-1].y_t[0][6].to_dict()}
+        maj = per_epoch[-1].y_t[0][6]
+        exponent_vs_epoch(np.array(fig2["epochs"]), np.array([e["mean"] for e in fig2["y_t"]]),
+                          np.array([e["error"] for e in fig2["y_t"]]), args.out / f"{stem}_exponent_vs_epoch.png",
+                          {f"majority rule {maj}": maj.mean, "exact": 1.0},
+                          title=f"32x32 at K_c, N_r = 1, N_c = 7, {fig2['n_configurations']} configurations")
+
+    shown = sorted({e for e in (1, 3, 5) if e < len(filters) - 1} | {len(filters) - 1})
+    filter_snapshots(filters[shown], shown, args.out / f"{stem}_filters.png",
+                     title=f"8x8 RBM filter, CD-3, {sizes['train']} configurations of 32x32 at K_c")
+    result = {
+        "command": command,
+        "machine": describe(),
+        "sizes": sizes,
+        "thin_mcrg_set": thin,
+        "seed": args.seed,
+        "torch_threads_mcrg": args.threads,
+        "jackknife_blocks": BLOCKS,
+        "seconds": seconds,
+        "config": cfg.to_dict(),
+        "final_filter": filters[-1].tolist(),
+        "training_history": trainer.history,
+        "rbm": rbm.to_dict(),
+        "majority": majority.to_dict(),
+        "exponent_vs_epoch": fig2,
+        "figures": {"filters": f"{stem}_filters.png", "exponent_vs_epoch": f"{stem}_exponent_vs_epoch.png"},
+        "published": {k: {f"{a},{b}": v for (a, b), v in col.items()} for k, col in published().items()},
+    }
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(result, rbm, majority))
+    print((args.out / f"{stem}.md").read_text())
+
+
+def markdown(r: dict, rbm, majority) -> str:
+    m, s, n = r["machine"], r["seconds"], r["sizes"]
+    pub = published()
+
+    def fmt(e) -> str:
+        return format_value_error(e.mean, e.error)
+
+    lines = [
+        "# Optimal real-space RG with an RBM projector: Chung & Kao Table 1 (deeprg.rsrg)",
+        "",
+        f"Command: `{r['command']}` (see its docstring for the method).",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, numpy {m['numpy']}, numba {m['numba']}, "
+        f"torch {m['torch']}, deeprg {m['deeprg']}; {m['platform']}; {m['date']}.",
+        "",
+        f"32x32 periodic Ising model at K_c. Training set {n['train']} Wolff configurations, {n['epochs']} epochs of "
+        f"CD-3 (8x8 filter, minibatch 10, Adam 1e-3 -> 1e-4 at epoch 25, {r['config']['schedule']} decay); MCRG set {n['mcrg']} fresh Wolff "
+        f"configurations ({r['thin_mcrg_set']} cluster flips apart, 2 chains), {r['jackknife_blocks']} jackknife "
+        f"blocks; seed {r['seed']}. Published: Chung & Kao (10^4 training, 10^6 MCRG configurations).",
+        "",
+        "## Wall time (seconds)",
+        "",
+        "| sampling training set | training | sampling MCRG set | MCRG (both transforms) | whole pipeline |",
+        "|---|---|---|---|---|",
+        f"| {s['sampling_training_set']:.1f} | {s['training']:.1f} | {s['sampling_mcrg_set']:.1f} | {s['mcrg']:.1f} "
+        f"| {s['pipeline_total']:.1f} ({s['pipeline_total'] / 60:.1f} min) |",
+        "",
+        "## y_t (exact 1)",
+        "",
+        "| N_r | N_c | RBM projector (ours) | optimal RBM (published) | majority rule (ours) | majority rule (published) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for nr in range(1, LEVELS + 1):
+        for nc in range(1, 8):
+            lines.append(f"| {nr} | {nc} | {fmt(rbm.y_t[nr - 1][nc - 1])} | {pub['optimal_rbm'][nr, nc]} "
+                         f"| {fmt(majority.y_t[nr - 1][nc - 1])} | {pub['majority_rule'][nr, nc]} |")
+    lines += ["", "## y_h (exact 15/8 = 1.875; not published)", "",
+              "| N_r | N_c | RBM projector | majority rule |", "|---|---|---|---|"]
+    for nr in range(1, LEVELS + 1):
+        for nc in range(1, 5):
+            lines.append(f"| {nr} | {nc} | {fmt(rbm.y_h[nr - 1][nc - 1])} | {fmt(majority.y_h[nr - 1][nc - 1])} |")
+    maj, opt = majority.y_t[0][6], rbm.y_t[0][6]
+    lines += [
+        "",
+        "## Targets",
+        "",
+        f"* majority rule y_t(N_r=1, N_c=7) = {fmt(maj)} vs 0.967(3): difference {maj.mean - 0.967:+.4f} "
+        f"({'within' if abs(maj.mean - 0.967) <= math.hypot(maj.error, 0.003) else 'outside'} the combined error).",
+        f"* RBM projector y_t(N_r=1, N_c=7) = {fmt(opt)} vs 1.000 +- 0.003: "
+        f"{'met' if abs(opt.mean - 1.0) <= 0.003 else 'not met'} (published 1.0001(11)).",
+        f"* whole pipeline {s['pipeline_total'] / 60:.1f} min vs < 30 min: "
+        f"{'met' if s['pipeline_total'] < 1800 else 'not met'}.",
+    ]
+    if r["exponent_vs_epoch"]:
+        f2 = r["exponent_vs_epoch"]
+        lines += ["", f"y_t(N_r=1, N_c=7) after each epoch on {f2['n_configurations']} configurations (Fig. 2): "
+                  f"[{r['figures']['exponent_vs_epoch']}]({r['figures']['exponent_vs_epoch']}); last epoch "
+                  f"{format_value_error(f2['y_t'][-1]['mean'], f2['y_t'][-1]['error'])}, majority rule "
+                  f"{format_value_error(f2['majority_y_t']['mean'], f2['majority_y_t']['error'])} "
+                  f"({s['exponent_vs_epoch']:.0f} s, not in the pipeline time)."]
+    lines += ["", f"Trained filter after each shown epoch (Fig. 1): [{r['figures']['filters']}]({r['figures']['filters']})."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""Monte Carlo renormalization group (Swendsen 1979): critical exponents from RG-transformed samples.
+
+Conventions
+-----------
+* Level 0 is the data lattice; level ``n`` is the result of ``n`` applications of the b = 2
+  transformation (``L / 2^n``). Operators ``S_a^n`` are the total lattice sums of
+  :mod:`deeprg.rsrg.operators` evaluated on level ``n``.
+* Connected correlations ``D^{n,m}_ab = <S_a^n S_b^m> - <S_a^n><S_b^m>``.
+* With ``H = sum_a K_a S_a`` (weight ``e^H``, Chung & Kao Eq. 1), the chain rule
+  ``d<S_a^n>/dK_b^{n-1} = sum_c d<S_a^n>/dK_c^n dK_c^n/dK_b^{n-1}`` reads ``D^{n,n-1} = D^{n,n} T``,
+  so the linearized RG matrix of step ``N_r`` (levels ``N_r`` and ``N_r - 1``) is::
+
+      T^{(N_r)} = (D^{N_r,N_r})^{-1} D^{N_r,N_r-1},      restricted to the first N_c operators.
+
+* Exponents: ``y = ln(lambda) / ln(b)``, ``b = 2``, with ``lambda`` the largest *real*
+  eigenvalue of ``T`` (eigenvalues with ``|Im| <= 1e-9 |lambda|_max`` count as real); ``y_t``
+  from the even operators, ``y_h`` from the odd ones. The even and odd sectors do not mix
+  (their cross-correlations vanish by Z2 symmetry), so each uses its own operators only.
+* Errors: block jackknife. The ``n`` configurations, in the order given, are cut into
+  ``n_blocks`` contiguous blocks of ``n // n_blocks`` (the earliest ``n mod n_blocks`` are
+  dropped, as in :func:`deeprg.mc.stats.jackknife`); blocks should be much longer than the
+  autocorrelation time of the data. Every exponent is an :class:`~deeprg.mc.stats.Estimate` with
+  the bias-corrected jackknife mean ``n_b y(all) - (n_b - 1) mean_j y(without j)`` and the
+  jackknife error ``sqrt((n_b - 1)/n_b sum_j (y_j - mean y_j)^2)``.
+
+Streaming: :class:`MCRGAccumulator` keeps, per jackknife block, only the count, the sums of the
+operator vector of all levels and the sums of its outer products (a few thousand numbers),
+so any number of configurations can pass through in chunks. The values are shifted by those of
+the first configuration before accumulation (covariances are shift invariant) to avoid
+cancellation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from deeprg.mc.stats import Estimate
+from deeprg.rsrg.operators import EVEN_OPERATORS, ODD_OPERATORS, operator_sums
+from deeprg.rsrg.transforms import RGTransform, check_levels, level_generators
+
+__all__ = [
+    "MCRGAccumulator",
+    "MCRGResult",
+    "MIN_EXTENT",
+    "check_mcrg",
+    "check_mcrg_levels",
+    "leading_exponent",
+    "mcrg",
+    "measure",
+    "minimum_configurations",
+    "run_mcrg",
+]
+
+#: Operators per level, in the order of the accumulated vectors: even then odd.
+OPERATORS = EVEN_OPERATORS + ODD_OPERATORS
+SECTORS = {"even": slice(0, len(EVEN_OPERATORS)), "odd": slice(len(EVEN_OPERATORS), len(OPERATORS))}
+
+#: Smallest lattice extent at the last level (operators reach two lattice spacings).
+MIN_EXTENT = 4
+
+#: ln b for b = 2.
+_LN_B = math.log(2.0)
+
+
+def minimum_configurations(n_blocks: int) -> int:
+    """Fewest configurations MCRG accepts: 2 per jackknife block and 10 per even operator."""
+    return max(2 * n_blocks, 10 * len(EVEN_OPERATORS))
+
+
+def leading_exponent(T: np.ndarray) -> float:
+    """``ln(lambda) / ln 2`` for the largest real eigenvalue ``lambda`` of ``T``; ``nan`` if ``T``
+    is not finite, has no real eigenvalue or ``lambda <= 0``."""
+    if not np.all(np.isfinite(T)):
+        return math.nan
+    eig = np.linalg.eigvals(T)
+    scale = max(float(np.abs(eig).max()), np.finfo(float).tiny)
+    real = eig.real[np.abs(eig.imag) <= 1e-9 * scale]
+    if real.size == 0 or real.max() <= 0:
+        return math.nan
+    return math.log(float(real.max())) / _LN_B
+
+
+@dataclass(frozen=True)
+class MCRGResult:
+    """Exponents of one transformation.
+
+    ``y_t[N_r - 1][N_c - 1]`` for ``N_r = 1 .. levels`` and ``N_c = 1 .. 7`` (even operators);
+    ``y_h[N_r - 1][N_c - 1]`` for ``N_c = 1 .. 4`` (odd operators). ``n_configurations`` is the
+    number used (a multiple of ``n_blocks``); ``seconds`` the wall time spent coarse-graining and
+    measuring the levels >= 1 of this transformation."""
+
+    transform: str
+    levels: int
+    n_configurations: int
+    n_blocks: int
+    y_t: list[list[Estimate]]
+    y_h: list[list[Estimate]]
+    seconds: float = math.nan
+
+    def to_dict(self) -> dict:
+        def table(rows: list[list[Estimate]]) -> list[list[dict]]:
+            return [[{"mean": _finite(e.mean), "error": _finite(e.error)} for e in row] for row in rows]
+
+        return {
+            "transform": self.transform,
+            "levels": self.levels,
+            "n_configurations": self.n_configurations,
+            "n_blocks": self.n_blocks,
+            "operators": {"even": [op.name for op in EVEN_OPERATORS], "odd": [op.name for op in ODD_OPERATORS]},
+            "y_t": table(self.y_t),
+            "y_h": table(self.y_h),
+        }
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+class MCRGAccumulator:
+    """Streaming per-block moments of the operators of levels ``0 .. levels``.
+
+    Parameters
+    ----------
+    n_configurations:
+        Total number of configurations that will be added (fixes the jackknife blocks).
+    levels:
+        Highest RG level ``N_r`` (>= 1).
+    n_blocks:
+        Jackknife blocks (>= 2).
+    """
+
+    def __init__(self, n_configurations: int, levels: int, n_blocks: int = 32) -> None:
+        for name, value, low in (("n_blocks", n_blocks, 2), ("levels", levels, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        need = minimum_configurations(n_blocks)
+        if n_configurations < need:
+            raise ValueError(f"MCRG with {n_blocks} jackknife blocks needs at least {need} configurations "
+                             f"(2 per block, 10 per even operator), got {n_configurations}")
+        self.n_configurations = int(n_configurations)
+        self.levels = int(levels)
+        self.n_blocks = int(n_blocks)
+        self.block = self.n_configurations // self.n_blocks
+        self._skip = self.n_configurations - self.n_blocks * self.block
+        dim = (self.levels + 1) * len(OPERATORS)
+        self._count = np.zeros(self.n_blocks, dtype=np.int64)
+        self._first = np.zeros((self.n_blocks, dim))
+        self._second = np.zeros((self.n_blocks, dim, dim))
+        self._shift: np.ndarray | None = None
+        self.n_seen = 0
+
+    def add(self, values: np.ndarray) -> None:
+        """Add ``(batch, levels + 1, n_operators)`` operator values (from :func:`measure`), in data
+        order."""
+        v = np.asarray(values)
+        expected = (self.levels + 1, len(OPERATORS))
+        if v.ndim != 3 or v.shape[1:] != expected:
+            raise ValueError(f"values must have shape (batch, {expected[0]}, {expected[1]}), got {v.shape}")
+        if self.n_seen + len(v) > self.n_configurations:
+            raise ValueError(f"more than the announced {self.n_configurations} configurations were added")
+        x = v.reshape(len(v), -1).astype(np.float64)
+        if len(x) == 0:
+            return
+        if self._shift is None:
+            self._shift = x[0].copy()
+        x -= self._shift
+        block = (np.arange(self.n_seen, self.n_seen + len(x)) - self._skip) // self.block
+        self.n_seen += len(x)
+        for b in np.unique(block[block >= 0]):
+            rows = x[block == b]
+            self._count[b] += len(rows)
+            self._first[b] += rows.sum(axis=0)
+            self._second[b] += rows.T @ rows
+
+    def covariance(self, leave_out: int | None = None) -> np.ndarray:
+        """Covariance matrix of the stacked operator vector (level-major, ``(levels + 1) * 11``
+        square), over all blocks or all but block ``leave_out``."""
+        keep = np.ones(self.n_blocks, dtype=bool)
+        if leave_out is not None:
+            keep[leave_out] = False
+        n = self._count[keep].sum()
+        mean = self._first[keep].sum(axis=0) / n
+        return self._second[keep].sum(axis=0) / n - np.outer(mean, mean)
+
+    def rg_matrix(self, n_r: int, sector: str, n_c: int, leave_out: int | None = None) -> np.ndarray:
+        """``T = (D^{n,n})^{-1} D^{n,n-1}`` for step ``n = n_r`` on the first ``n_c`` operators of
+        ``sector`` (``"even"`` or ``"odd"``); all ``nan`` if ``D^{n,n}`` is singular."""
+        return _rg_matrix(self.covariance(leave_out), n_r, sector, n_c)
+
+    def result(self, transform: str, seconds: float = math.nan) -> MCRGResult:
+        """Jackknife exponents for every ``N_r`` and ``N_c``; needs all configurations added."""
+        if self.n_seen != self.n_configurations:
+            raise ValueError(f"{self.n_seen} of the announced {self.n_configurations} configurations were added")
+        covs = [self.covariance()] + [self.covariance(j) for j in range(self.n_blocks)]
+        tables = {}
+        for sector, sl in SECTORS.items():
+            n_ops = sl.stop - sl.start
+            y = np.array([[[leading_exponent(_rg_matrix(c, n_r, sector, n_c)) for n_c in range(1, n_ops + 1)]
+                           for n_r in range(1, self.levels + 1)] for c in covs])
+            tables[sector] = [[self._estimate(y[:, r, k]) for k in range(n_ops)] for r in range(self.levels)]
+        return MCRGResult(transform, self.levels, int(self._count.sum()), self.n_blocks,
+                          tables["even"], tables["odd"], seconds)
+
+    def _estimate(self, y: np.ndarray) -> Estimate:
+        full, leave_out = y[0], y[1:]
+        nb = self.n_blocks
+        mean_lo = leave_out.mean()
+        error = math.sqrt((nb - 1) / nb * np.sum((leave_out - mean_lo) ** 2))
+        return Estimate(nb * full - (nb - 1) * mean_lo, error, math.nan, math.nan, int(self._count.sum()))
+
+
+def _rg_matrix(cov: np.ndarray, n_r: int, sector: str, n_c: int) -> np.ndarray:
+    n_ops = len(OPERATORS)
+    sl = SECTORS[sector]
+    if not 1 <= n_c <= sl.stop - sl.start:
+        raise ValueError(f"n_c must be between 1 and {sl.stop - sl.start} for the {sector} sector, got {n_c}")
+    ops = np.arange(sl.start, sl.start + n_c)
+    fine, coarse = (n_r - 1) * n_ops + ops, n_r * n_ops + ops
+    A = cov[np.ix_(coarse, coarse)]
+    B = cov[np.ix_(coarse, fine)]
+    try:
+        return np.linalg.solve(A, B)
+    except np.linalg.LinAlgError:
+        return np.full_like(B, np.nan)
+
+
+def check_mcrg_levels(shape: tuple[int, ...], transforms: Sequence[RGTransform], levels: int) -> None:
+    """Raise ``ValueError`` unless every transformation can act ``levels`` times on ``shape`` and
+    the last level has extents >= :data:`MIN_EXTENT`."""
+    if not transforms:
+        raise ValueError("no RG transformation given")
+    for t in transforms:
+        shapes = check_levels(shape, t, levels)
+    if min(shapes[-1]) < MIN_EXTENT:
+        raise ValueError(f"levels = {levels} leaves a {shapes[-1][0]}x{shapes[-1][1]} lattice; MCRG operators "
+                         f"need extents >= {MIN_EXTENT} at the last level")
+
+
+def check_mcrg(shape: tuple[int, ...], transforms: Sequence[RGTransform], levels: int,
+               n_configurations: int, n_blocks: int) -> None:
+    """Everything :func:`run_mcrg` checks before any work (:func:`check_mcrg_levels` and
+    :func:`minimum_configurations`); raises ``ValueError`` naming the problem."""
+    check_mcrg_levels(shape, transforms, levels)
+    MCRGAccumulator(n_configurations, levels, n_blocks)
+
+
+def measure(spins: np.ndarray, transform: RGTransform, generators: Sequence[np.random.Generator],
+            level0: np.ndarray | None = None) -> np.ndarray:
+    """Operator sums at levels ``0 .. len(generators)``: ``(batch, levels + 1, 11)`` int64.
+    ``level0`` (``operator_sums(spins)``) may be passed to share it between transformations."""
+    values = [operator_sums(spins) if level0 is None else level0]
+    s = spins
+    for generator in generators:
+        s = transform.transform(s, generator)
+        values.append(operator_sums(s))
+    return np.stack(values, axis=1)
+
+
+def run_mcrg(
+    chunks: Iterable[np.ndarray],
+    shape: tuple[int, int],
+    transforms: Sequence[RGTransform],
+    n_configurations: int,
+    levels: int,
+    seed: int = 0,
+    n_blocks: int = 32,
+    on_chunk: Callable[[int], None] | None = None,
+) -> list[MCRGResult]:
+    """MCRG of several transformations on one stream of configurations.
+
+    ``chunks`` yields ``(batch, L0, L1)`` int8 spins of lattice ``shape``, ``n_configurations`` in
+    all, in data order (blocks for the jackknife follow it). Level-0 operators are computed once
+    per chunk and shared. Every transformation draws level ``n`` from its own copy of
+    ``level_generators(seed, levels)[n - 1]`` (common random numbers across transformations), so
+    results depend on the seed and the data only, not on the chunking. ``on_chunk(batch)`` is
+    called after each chunk. Returns one :class:`MCRGResult` per transformation.
+    """
+    check_mcrg(shape, transforms, levels, n_configurations, n_blocks)
+    accumulators = [MCRGAccumulator(n_configurations, levels, n_blocks) for _ in transforms]
+    generators = [level_generators(seed, levels) for _ in transforms]
+    seconds = [0.0] * len(transforms)
+    for chunk in chunks:
+        spins = np.asarray(chunk)
+        if spins.ndim != 3 or spins.shape[1:] != tuple(shape):
+            raise ValueError(f"chunk of shape {spins.shape} does not hold configurations of lattice {tuple(shape)}")
+        level0 = operator_sums(spins)
+        for i, (t, acc, gens) in enumerate(zip(transforms, accumulators, generators)):
+            t0 = time.perf_counter()
+            acc.add(measure(spins, t, gens, level0))
+            seconds[i] += time.perf_counter() - t0
+        if on_chunk is not None:
+            on_chunk(len(spins))
+    return [acc.result(t.name, s) for t, acc, s in zip(transforms, accumulators, seconds)]
+
+
+def mcrg(
+    spins: np.ndarray,
+    transforms: Sequence[RGTransform],
+    levels: int,
+    seed: int = 0,
+    n_blocks: int = 32,
+    chunk: int = 4096,
+    on_chunk: Callable[[int], None] | None = None,
+) -> list[MCRGResult]:
+    """:func:`run_mcrg` over an in-memory ``(n, L0, L1)`` array, ``chunk`` configurations at a time."""
+    s = np.asarray(spins)
+    if s.ndim != 3:
+        raise ValueError(f"spins must have shape (n, L0, L1), got shape {s.shape}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    chunks = (s[i : i + chunk] for i in range(0, len(s), chunk))
+    return run_mcrg(chunks, s.shape[1:], transforms, len(s), levels, seed, n_blocks, on_chunk)

@@ -1,0 +1,382 @@
+"""Training the RBM projector by contrastive divergence (Chung & Kao, Sec. 3-4).
+
+The optimal criterion (Eq. 8) is the KL divergence between the Boltzmann distribution of the data
+and the normalized normalizing factor ``Y(sigma) / sum Y`` of the projector, i.e. maximum
+likelihood of an RBM without biases whose visible marginal is ``Y``. With the free energy
+``F(sigma) = -ln Y(sigma) = -sum_J ln 2 cosh h_J(sigma)`` the gradient of the KL divergence is
+``<dF/dw>_data - <dF/dw>_model``; CD-k estimates the model term from ``k`` block-Gibbs sweeps
+(``mu ~ P(mu|sigma)``, then ``sigma ~ P(sigma|mu)``) started at the minibatch (or, with
+``persistent``, from persistent chains, PCD), so the loss minimized by Adam is::
+
+    loss = mean_batch F(sigma_data) - mean_batch F(sigma_k),     sigma_k held fixed.
+
+Schedule (the seed's "square root decay" from 1e-3 to 1e-4 at epoch 25, constant after): Adam
+with, for ``t < T`` (``t`` the training time in epochs, fractional within an epoch,
+``T = decay_epochs``), either ``lr(t) = lr_final + (lr - lr_final) sqrt(1 - t/T)`` (``"polynomial"``,
+the default: a power-1/2 polynomial decay, as TensorFlow's ``polynomial_decay(power=0.5)``) or
+``lr(t) = lr / sqrt(1 + (r^2 - 1) t/T)`` with ``r = lr / lr_final`` (``"inverse-sqrt"``), and
+``lr_final`` for ``t >= T``. The seed's wording fits both; with the polynomial form the MCRG
+exponents of the trained filter stop changing within 50 epochs, as in the seed's Fig. 2, while
+the inverse-square-root form (about 4x less total step size by epoch 25) needs about 100.
+Minibatches: every epoch visits a fresh permutation of the data from
+``SeedSequence([seed, epoch])`` in ``n // batch`` minibatches (the remainder is left out that
+epoch). The filter starts uniform in ``[-init_scale, init_scale]``.
+
+:class:`Trainer` owns the filter, the optimizer, the torch generator of the Gibbs chains and the
+position in the epoch, so a checkpoint resumes a run exactly; the filter after every epoch is kept
+(``Trainer.filters``, epoch 0 = initialization).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deeprg.rsrg.rbm import check_filter, coupling_matrix, filter_gradient, free_energy, sample_spins
+from deeprg.runs import atomic_path
+
+__all__ = [
+    "CHANGEABLE_KEYS",
+    "CHECKPOINT_FORMAT",
+    "CheckpointMismatch",
+    "NonFiniteLoss",
+    "RBMTrainConfig",
+    "SCHEDULES",
+    "Trainer",
+    "data_fingerprint",
+    "learning_rate",
+    "load_filters",
+]
+
+CHECKPOINT_FORMAT = "deeprg.rbm-checkpoint/1"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+#: Learning-rate schedules, ``x = t / decay_epochs`` in [0, 1], ``t`` in epochs:
+#: ``"polynomial"``: ``lr_final + (lr - lr_final) sqrt(1 - x)`` (power-1/2 polynomial decay);
+#: ``"inverse-sqrt"``: ``lr / sqrt(1 + (r^2 - 1) x)``, ``r = lr / lr_final``.
+SCHEDULES = ("polynomial", "inverse-sqrt")
+
+#: Config keys a resumed run may change (everything else must match the checkpoint).
+CHANGEABLE_KEYS = ("epochs", "threads", "checkpoint_seconds")
+
+
+@dataclass
+class RBMTrainConfig:
+    """Everything that defines a training run (defaults: the seed's settings)."""
+
+    filter_size: int = 8
+    cd_k: int = 3
+    persistent: bool = False
+    epochs: int = 50
+    batch: int = 10
+    lr: float = 1e-3
+    lr_final: float = 1e-4
+    decay_epochs: float = 25.0
+    schedule: str = "polynomial"
+    init_scale: float = 0.01
+    seed: int = 0
+    dtype: str = "float32"
+    #: torch CPU threads; 1 by default: the 10 x 1024 x 256 products of a step gain nothing from
+    #: more, and OpenMP threads competing with other work on the cores slow them 10x and more.
+    threads: int | None = 1
+    checkpoint_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, allowed: str) -> None:
+            if not ok:
+                raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
+
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        need(is_int(self.filter_size) and self.filter_size >= 2 and self.filter_size % 2 == 0, "filter_size",
+             "an even integer >= 2 (centred on a 2x2 block)")
+        need(is_int(self.cd_k) and self.cd_k >= 1, "cd_k", "an integer >= 1")
+        need(isinstance(self.persistent, bool), "persistent", "true or false")
+        need(is_int(self.epochs) and self.epochs >= 1, "epochs", "an integer >= 1")
+        need(is_int(self.batch) and self.batch >= 1, "batch", "an integer >= 1")
+        need(0 < self.lr < 1, "lr", "in (0, 1)")
+        need(0 < self.lr_final <= self.lr, "lr_final", "in (0, lr]")
+        need(self.decay_epochs > 0, "decay_epochs", "> 0")
+        need(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
+        need(math.isfinite(self.init_scale) and self.init_scale >= 0, "init_scale", ">= 0")
+        need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
+        need(self.dtype in DTYPES, "dtype", f"one of {tuple(DTYPES)}")
+        need(self.threads is None or (is_int(self.threads) and self.threads >= 1), "threads", "an integer >= 1")
+        need(self.checkpoint_seconds > 0, "checkpoint_seconds", "> 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint or run directory that is missing, unreadable or for another model or data."""
+
+
+def learning_rate(cfg: RBMTrainConfig, epochs_done: float) -> float:
+    """Square-root decay from ``lr`` to ``lr_final`` at ``decay_epochs`` (``cfg.schedule``, see
+    :data:`SCHEDULES`), ``lr_final`` after."""
+    if epochs_done >= cfg.decay_epochs:
+        return cfg.lr_final
+    x = epochs_done / cfg.decay_epochs
+    if cfg.schedule == "polynomial":
+        return cfg.lr_final + (cfg.lr - cfg.lr_final) * math.sqrt(1.0 - x)
+    r2 = (cfg.lr / cfg.lr_final) ** 2
+    return max(cfg.lr_final, cfg.lr / math.sqrt(1.0 + (r2 - 1.0) * x))
+
+
+def data_fingerprint(spins: np.ndarray) -> dict:
+    """Shape and SHA-256 of the training spins, stored in checkpoints to detect other data."""
+    s = np.ascontiguousarray(spins, dtype=np.int8)
+    return {"n": int(s.shape[0]), "lattice_shape": list(s.shape[1:]), "sha256": hashlib.sha256(s.data).hexdigest()}
+
+
+class Trainer:
+    """The filter of an RBM projector trained by CD-k / PCD on ``spins``.
+
+    Parameters
+    ----------
+    cfg:
+        The run's configuration.
+    spins:
+        ``(n, L0, L1)`` int8 +-1 training configurations (even extents >= ``cfg.filter_size``,
+        ``n >= cfg.batch``).
+    """
+
+    def __init__(self, cfg: RBMTrainConfig, spins: np.ndarray) -> None:
+        s = np.asarray(spins)
+        if s.ndim != 3:
+            raise ValueError(f"training spins must have shape (n, L0, L1), got shape {s.shape}")
+        check_filter(cfg.filter_size, s.shape[1:])
+        if cfg.batch > len(s):
+            raise ValueError(f"batch ({cfg.batch}) is larger than the training set ({len(s)} configurations)")
+        self.cfg = cfg
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        dtype = DTYPES[cfg.dtype]
+        self.shape = tuple(int(x) for x in s.shape[1:])
+        self.data_info = data_fingerprint(s)
+        self._data = torch.from_numpy(s.reshape(len(s), -1).astype(np.float32)).to(dtype)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        f = cfg.filter_size
+        init = (2.0 * torch.rand((f, f), generator=self.generator, dtype=torch.float64) - 1.0) * cfg.init_scale
+        self.weights = init.to(dtype)
+        self.optimizer = torch.optim.Adam([self.weights], lr=cfg.lr)
+        self.steps_per_epoch = len(s) // cfg.batch
+        self.epoch = 0  # completed epochs
+        self.batch_index = 0  # minibatches done in the current epoch
+        self.chains: torch.Tensor | None = None  # persistent chains (PCD)
+        self.filters = [self.weights.clone()]
+        self.history: list[dict] = []
+        self._sums = {"cd_gap": 0.0, "sharpness": 0.0, "steps": 0}
+        self.wall_seconds = 0.0
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    # ---- training ---------------------------------------------------------------------------
+    def _permutation(self) -> np.ndarray:
+        if self._perm is None or self._perm[0] != self.epoch:
+            rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, self.epoch]))
+            self._perm = (self.epoch, rng.permutation(len(self._data)))
+        return self._perm[1]
+
+    def _gibbs(self, v: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.cfg.cd_k):
+            mu = sample_spins(v @ W, self.generator)
+            v = sample_spins(mu @ W.T, self.generator)
+        return v
+
+    def gradient(self, v0: torch.Tensor, vk: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """CD gradient of ``loss = <F>_{v0} - <F>_{vk}`` with respect to the filter, for flat
+        configurations ``(batch, L0 L1)`` and the dense ``W`` of the current filter: with
+        ``dF/dW_iJ = -sigma_i tanh(h_J)``, ``dloss/dW = (vk^T tanh(h_k) - v0^T tanh(h_0)) / batch``,
+        summed over the entries of ``W`` that share a filter weight. Returns
+        ``(gradient (f, f), loss, h_0)``."""
+        h0, hk = v0 @ W, vk @ W
+        loss = float(free_energy(h0).mean() - free_energy(hk).mean())
+        dW = (torch.cat([vk, v0]).T @ torch.cat([torch.tanh(hk), -torch.tanh(h0)])) / len(v0)
+        grad = filter_gradient(dW, self.cfg.filter_size, self.shape)
+        return grad, loss, h0
+
+    @torch.no_grad()
+    def step(self) -> float:
+        """One minibatch: CD-k gradient, Adam step at the scheduled learning rate. Returns the loss
+        ``<F>_data - <F>_k``; raises :class:`NonFiniteLoss` (filter untouched) if it is not finite."""
+        t0 = time.perf_counter()
+        b = self.cfg.batch
+        idx = torch.from_numpy(self._permutation()[self.batch_index * b : (self.batch_index + 1) * b])
+        v0 = self._data[idx]
+        W = coupling_matrix(self.weights, self.shape)
+        start = v0 if not self.cfg.persistent else (v0 if self.chains is None else self.chains)
+        vk = self._gibbs(start, W)
+        grad, loss, h0 = self.gradient(v0, vk, W)
+        if not (math.isfinite(loss) and torch.isfinite(grad).all()):
+            raise NonFiniteLoss(f"non-finite loss {loss} at epoch {self.epoch + 1}, minibatch {self.batch_index + 1}")
+        if self.cfg.persistent:
+            self.chains = vk
+        self.weights.grad = grad
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg, self.epoch + self.batch_index / self.steps_per_epoch)
+        self.optimizer.step()
+        self._sums["cd_gap"] += loss
+        self._sums["sharpness"] += float(torch.tanh(h0).abs().mean())
+        self._sums["steps"] += 1
+        self.batch_index += 1
+        self.wall_seconds += time.perf_counter() - t0
+        if self.batch_index == self.steps_per_epoch:
+            self._end_epoch()
+        return loss
+
+    def _end_epoch(self) -> None:
+        n = self._sums["steps"]
+        w = self.weights
+        self.epoch += 1
+        self.batch_index = 0
+        self.filters.append(w.clone())
+        self.history.append({
+            "epoch": self.epoch,
+            "cd_gap": self._sums["cd_gap"] / n,
+            "sharpness": self._sums["sharpness"] / n,
+            "lr": learning_rate(self.cfg, self.epoch),
+            "filter_sum": float(w.sum()),
+            "filter_max_abs": float(w.abs().max()),
+            "seconds": self.wall_seconds,
+        })
+        self._sums = {"cd_gap": 0.0, "sharpness": 0.0, "steps": 0}
+
+    def train(
+        self,
+        until_epoch: int | None = None,
+        on_step: Callable[[float], None] | None = None,
+        on_epoch: Callable[[dict], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        checkpoint: Path | None = None,
+    ) -> None:
+        """Train up to ``until_epoch`` completed epochs (default ``cfg.epochs``), saving to
+        ``checkpoint`` after every epoch, every ``cfg.checkpoint_seconds`` and when
+        ``should_stop()`` turns true (checked between minibatches, then returns)."""
+        until = self.cfg.epochs if until_epoch is None else until_epoch
+        last_save = time.monotonic()
+        while self.epoch < until:
+            epoch = self.epoch
+            loss = self.step()
+            if on_step is not None:
+                on_step(loss)
+            ended = self.epoch != epoch
+            stop = should_stop is not None and should_stop()
+            if checkpoint is not None and (
+                ended or stop or time.monotonic() - last_save > self.cfg.checkpoint_seconds
+            ):
+                self.save(checkpoint)
+                last_save = time.monotonic()
+            if ended and on_epoch is not None:
+                on_epoch(self.history[-1])
+            if stop:
+                return
+
+    @property
+    def filter_history(self) -> np.ndarray:
+        """``(epochs + 1, f, f)`` float64 filters after each epoch (row 0: initialization)."""
+        return torch.stack(self.filters).double().numpy()
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": json.dumps(self.cfg.to_dict()),
+            "data": json.dumps(self.data_info),
+            "weights": self.weights.clone(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+            "batch_index": self.batch_index,
+            "sums": dict(self._sums),
+            "chains": self.chains if self.chains is not None else torch.empty(0),
+            "filters": torch.stack(self.filters),
+            "history": self.history,
+            "wall_seconds": self.wall_seconds,
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the checkpoint atomically (tensors and plain containers only)."""
+        with atomic_path(path) as tmp:
+            torch.save(self.state_dict(), tmp)
+
+    def load(self, path: str | Path) -> None:
+        """Restore a checkpoint of the same run: same data and same config except
+        :data:`CHANGEABLE_KEYS` (e.g. more epochs)."""
+        state = load_checkpoint(path)
+        saved = _config_from_json(state["config"], path)
+        differ = [f.name for f in dataclasses.fields(RBMTrainConfig)
+                  if f.name not in CHANGEABLE_KEYS and getattr(saved, f.name) != getattr(self.cfg, f.name)]
+        if differ:
+            detail = ", ".join(f"{k}: checkpoint {getattr(saved, k)!r} vs {getattr(self.cfg, k)!r}" for k in differ)
+            raise CheckpointMismatch(f"checkpoint {str(path)!r} is for another run ({detail})")
+        data = json.loads(state["data"])
+        if data != self.data_info:
+            raise CheckpointMismatch(
+                f"checkpoint {str(path)!r} was trained on other data ({data['n']} configurations of "
+                f"{'x'.join(map(str, data['lattice_shape']))}, sha256 {data['sha256'][:12]}...)")
+        self.weights.copy_(state["weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.epoch = int(state["epoch"])
+        self.batch_index = int(state["batch_index"])
+        self._sums = dict(state["sums"])
+        self.chains = state["chains"] if state["chains"].numel() else None
+        self.filters = list(state["filters"])
+        self.history = list(state["history"])
+        self.wall_seconds = float(state["wall_seconds"])
+
+
+def _config_from_json(text: str, path: str | Path) -> RBMTrainConfig:
+    known = {f.name for f in dataclasses.fields(RBMTrainConfig)}
+    try:
+        return RBMTrainConfig(**{k: v for k, v in json.loads(text).items() if k in known})
+    except (TypeError, ValueError) as err:
+        raise CheckpointMismatch(f"{str(path)!r} holds an unusable RBM config ({err})") from None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load an RBM checkpoint without executing code (``weights_only=True``)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointMismatch(f"checkpoint {str(path)!r} does not exist") from None
+    except Exception as err:  # corrupt or foreign file
+        raise CheckpointMismatch(f"{str(path)!r} is not a readable deeprg RBM checkpoint ({err})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatch(f"{str(path)!r} is not a deeprg RBM checkpoint")
+    return state
+
+
+def load_filters(run_dir: str | Path) -> tuple[RBMTrainConfig, np.ndarray, list[dict]]:
+    """The config, the ``(epochs + 1, f, f)`` filter snapshots (row ``e`` after epoch ``e``, row 0
+    the initialization) and the per-epoch history of a run directory of ``deeprg rsrg train``.
+    Raises :class:`CheckpointMismatch` naming what is missing or inconsistent."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointMismatch(f"run directory {str(run_dir)!r} does not exist")
+    checkpoint = run_dir / "checkpoint.pt"
+    if not checkpoint.exists():
+        raise CheckpointMismatch(f"run directory {str(run_dir)!r} has no checkpoint.pt")
+    state = load_checkpoint(checkpoint)
+    cfg = _config_from_json(state["config"], checkpoint)
+    filters = state["filters"]
+    f = cfg.filter_size
+    if filters.ndim != 3 or tuple(filters.shape[1:]) != (f, f) or len(filters) != int(state["epoch"]) + 1:
+        raise CheckpointMismatch(f"{str(checkpoint)!r}: filter snapshots of shape {tuple(filters.shape)} do not "
+                                 f"match filter_size {f} and {state['epoch']} completed epochs")
+    return cfg, filters.double().numpy(), list(state["history"])

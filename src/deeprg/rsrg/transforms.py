@@ -1,0 +1,181 @@
+"""Real-space RG transformations with scale factor b = 2 on periodic 2D lattices.
+
+One API for every transformation::
+
+    coarse = t.transform(spins, generator)     # (batch, L0, L1) int8 -> (batch, L0/2, L1/2) int8
+    levels = coarse_grain(spins, t, level_generators(seed, 2))   # [level 0, level 1, level 2]
+
+``spins`` are ``int8`` +-1 arrays; ``generator`` is a :class:`numpy.random.Generator` that supplies
+all the randomness (tie breaks, sampling). Each transformation draws its uniforms in row-major
+order of (configuration, coarse site), one float64 per draw, so transforming a batch in chunks
+gives the same coarse spins as transforming it at once. Coarse spin ``(I0, I1)`` belongs to the
+2x2 block of fine sites ``(2 I0 + {0,1}, 2 I1 + {0,1})`` (the blocks of
+:attr:`deeprg.lattice.Lattice.blocks`).
+
+* :class:`MajorityRule`: ``mu = sign(block sum)``, ties (sum 0) broken by a fair coin.
+* :class:`Decimation`: ``mu = sigma(2 I0, 2 I1)``, the top-left spin of each block.
+* :class:`RBMProjector`: ``mu`` drawn from ``P(mu|sigma) = exp(sum_iJ W_iJ sigma_i mu_J) / Y(sigma)``
+  (Chung & Kao Eqs. 3-4) with a translation-invariant ``f x f`` filter centred on the block
+  (see :mod:`deeprg.rsrg.rbm`). The same filter is applied at every level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from deeprg.rsrg.rbm import check_filter, hidden_field
+
+__all__ = [
+    "Decimation",
+    "MajorityRule",
+    "RBMProjector",
+    "RGTransform",
+    "check_levels",
+    "coarse_grain",
+    "level_generators",
+]
+
+
+class RGTransform(Protocol):
+    """A b = 2 real-space RG transformation of +-1 spins."""
+
+    name: str
+
+    def check(self, shape: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` if the transformation cannot act on a lattice of ``shape``."""
+
+    def transform(self, spins: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+        """``(batch, L0, L1)`` int8 -> ``(batch, L0/2, L1/2)`` int8 coarse spins."""
+
+
+def _check_blockable(shape: tuple[int, ...]) -> None:
+    if len(shape) != 2 or any(s < 2 or s % 2 for s in shape):
+        raise ValueError(f"b = 2 blocking needs a 2D lattice of even extents, got shape {tuple(shape)}")
+
+
+def _as_spins(spins: np.ndarray) -> np.ndarray:
+    s = np.asarray(spins)
+    if s.ndim != 3:
+        raise ValueError(f"spins must have shape (batch, L0, L1), got shape {s.shape}")
+    return s.astype(np.int8, copy=False)
+
+
+class MajorityRule:
+    """``mu_J = sign(sum of the 4 spins of block J)``; a tie is +1 or -1 with probability 1/2."""
+
+    name = "majority"
+
+    def check(self, shape: tuple[int, ...]) -> None:
+        _check_blockable(shape)
+
+    def transform(self, spins: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+        s = _as_spins(spins)
+        self.check(s.shape[1:])
+        out = np.sign(s[:, 0::2, 0::2] + s[:, 0::2, 1::2] + s[:, 1::2, 0::2] + s[:, 1::2, 1::2])
+        ties = out == 0
+        n_ties = int(ties.sum())
+        if n_ties:
+            out[ties] = np.where(generator.random(n_ties) < 0.5, 1, -1)
+        return out
+
+
+class Decimation:
+    """``mu_J = sigma`` at the top-left site ``(2 I0, 2 I1)`` of block J (deterministic)."""
+
+    name = "decimation"
+
+    def check(self, shape: tuple[int, ...]) -> None:
+        _check_blockable(shape)
+
+    def transform(self, spins: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+        s = _as_spins(spins)
+        self.check(s.shape[1:])
+        return s[:, ::2, ::2].copy()
+
+
+class RBMProjector:
+    """Stochastic projector ``P(mu|sigma) = prod_J sigmoid(2 mu_J h_J(sigma))`` of an ``f x f``
+    filter (Chung & Kao Eq. 3; ``h_J = sum_i W_iJ sigma_i``, see :mod:`deeprg.rsrg.rbm`).
+
+    Parameters
+    ----------
+    weights:
+        ``(f, f)`` filter, ``f`` even. The model is Z2-symmetric under ``w -> -w, mu -> -mu``; the
+        projector fixes this gauge by using ``sign(sum w) * w`` so that a block of aligned spins
+        maps to a coarse spin of the same sign (odd MCRG correlations then have the right sign).
+    dtype:
+        Torch dtype of the field computation (``torch.float32`` by default; ``float64`` for exact
+        tests).
+    """
+
+    name = "rbm"
+
+    def __init__(self, weights: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+        w = torch.as_tensor(weights).detach().to(device="cpu", dtype=torch.float64)
+        if w.ndim != 2 or w.shape[0] != w.shape[1]:
+            raise ValueError(f"filter must be a square (f, f) array, got shape {tuple(w.shape)}")
+        if not torch.isfinite(w).all():
+            raise ValueError("filter contains non-finite weights")
+        self.size = int(w.shape[0])
+        if self.size < 2 or self.size % 2:
+            raise ValueError(f"filter size must be an even integer >= 2 (centred on a 2x2 block), got {self.size}")
+        sign = -1.0 if float(w.sum()) < 0 else 1.0
+        self.weights = (sign * w).to(dtype)
+        self.dtype = dtype
+
+    def check(self, shape: tuple[int, ...]) -> None:
+        _check_blockable(shape)
+        check_filter(self.size, tuple(shape))
+
+    @torch.no_grad()
+    def probabilities(self, spins: np.ndarray) -> np.ndarray:
+        """``P(mu_J = +1 | sigma) = sigmoid(2 h_J)`` as a ``(batch, L0/2, L1/2)`` float64 array."""
+        s = _as_spins(spins)
+        self.check(s.shape[1:])
+        h = hidden_field(torch.from_numpy(s).to(self.dtype), self.weights)
+        return torch.sigmoid(2.0 * h).double().numpy()
+
+    def transform(self, spins: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+        p = self.probabilities(spins)
+        return np.where(generator.random(p.shape) < p, 1, -1).astype(np.int8)
+
+
+def level_generators(seed: int, levels: int) -> list[np.random.Generator]:
+    """One independent generator per RG level, from ``SeedSequence(seed).spawn(levels)``."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(levels)]
+
+
+def check_levels(shape: tuple[int, ...], transform: RGTransform, levels: int) -> list[tuple[int, int]]:
+    """Shapes of levels ``0 .. levels`` (level 0 = ``shape``), after checking that ``transform``
+    can act ``levels`` times: extents divisible by ``2**levels`` and whatever the transformation
+    needs at each level (e.g. the RBM filter must fit). Raises ``ValueError`` naming the problem."""
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
+        raise ValueError(f"levels must be an integer >= 1, got {levels!r}")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 2:
+        raise ValueError(f"RG transformations act on 2D lattices, got shape {shape}")
+    if any(s % 2**levels for s in shape):
+        raise ValueError(f"lattice {shape[0]}x{shape[1]} is not divisible by 2^levels = {2**levels} "
+                         f"(levels = {levels})")
+    shapes = [shape]
+    for _ in range(levels):
+        try:
+            transform.check(shapes[-1])
+        except ValueError as err:
+            raise ValueError(f"{err} (at RG level {len(shapes)} of {levels})") from None
+        shapes.append((shapes[-1][0] // 2, shapes[-1][1] // 2))
+    return shapes
+
+
+def coarse_grain(spins: np.ndarray, transform: RGTransform, generators: Sequence[np.random.Generator]) -> list[np.ndarray]:
+    """Apply ``transform`` ``len(generators)`` times (level ``n`` uses ``generators[n - 1]``);
+    returns ``[spins, level 1, ..., level N_r]``, level ``n`` of shape ``(batch, L0/2^n, L1/2^n)``."""
+    out = [_as_spins(spins)]
+    check_levels(out[0].shape[1:], transform, len(generators))
+    for generator in generators:
+        out.append(transform.transform(out[-1], generator))
+    return out
