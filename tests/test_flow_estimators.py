@@ -42,6 +42,13 @@ def test_importance_ln_z_is_unbiased_for_an_inexact_flow():
     assert abs(est.mean - target.exact_ln_z) < 4 * est.error
 
 
+def test_importance_ln_z_warns_when_the_weights_are_heavy_tailed():
+    flow = make_flow((4, 4))  # N(0, 1) proposal for a target 3x wider in every direction
+    target = GaussianTarget((4, 4), precision=torch.eye(16, dtype=torch.float64) / 9.0)
+    with pytest.warns(UserWarning, match="heavy-tailed"):
+        importance_ln_z(flow, target, 2000, generator=torch.Generator().manual_seed(1))
+
+
 def test_independence_metropolis_with_exact_proposal_accepts_everything():
     flow = make_flow((4, 4))
     target = GaussianTarget((4, 4), precision=torch.eye(16, dtype=torch.float64))

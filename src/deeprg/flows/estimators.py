@@ -16,6 +16,7 @@ With a Z2-symmetrized flow the latent sampler uses the un-symmetrized bijection 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +35,10 @@ __all__ = [
 ]
 
 
+#: Effective sample size below which :func:`importance_ln_z` warns that its error bar is unreliable.
+MIN_RELIABLE_ESS = 200
+
+
 @torch.no_grad()
 def _log_weights(flow: Flow, target, n: int, batch: int, generator) -> Tensor:
     out = []
@@ -49,7 +54,10 @@ def importance_ln_z(
     """Importance-weighted ``ln Z`` and the effective-sample-size fraction ``ESS / n``.
 
     The error is the delta-method standard error ``sqrt(Var(w) / n) / mean(w)`` of
-    ``ln mean(w)``; it is reliable only when the ESS is not tiny.
+    ``ln mean(w)``; it is reliable only when the ESS is not tiny. A flow trained by the reverse KL
+    under-covers parts of ``pi``, so the weights are heavy-tailed: with fewer than
+    :data:`MIN_RELIABLE_ESS` effective samples a warning says that the error bar is unreliable and
+    the estimate likely biased low.
     """
     if n_samples < 2:
         raise ValueError(f"n_samples must be >= 2, got {n_samples}")
@@ -62,6 +70,11 @@ def importance_ln_z(
     ln_z = float(shift + torch.log(mean))
     error = float(w.std() / math.sqrt(n_samples) / mean)
     ess_fraction = float(w.sum() ** 2 / (w * w).sum() / n_samples)
+    if ess_fraction * n_samples < MIN_RELIABLE_ESS:
+        warnings.warn(
+            f"importance weights are heavy-tailed (effective sample size {ess_fraction * n_samples:.0f} of "
+            f"{n_samples}): the ln Z error bar is unreliable and ln Z is likely biased low; use more samples",
+            stacklevel=2)
     return Estimate(ln_z, error, float(log_w.var()), 0.5, n_samples), ess_fraction
 
 
