@@ -7,6 +7,7 @@ work lives in the library, this package only parses, validates, calls and prints
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -43,3 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("deeprg: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
