@@ -2,15 +2,20 @@
 
 The whole pipeline on the 32 x 32 periodic Ising model at K_c, timed stage by stage:
 
-1. **training set**: Wolff, 2 chains, ``thin="auto"`` (2 tau_int of the energy), ``--train``
-   configurations (default 10^4, the seed's);
-2. **training**: the 8 x 8 filter by CD-3, Adam, the seed's square-root decay of the learning rate
+1. **training sets**: one per filter, each ``--train`` configurations (default 10^4, the seed's)
+   from its own Wolff run (2 chains, ``thin="auto"``: 2 tau_int of the energy);
+2. **training**: ``--filters`` 8 x 8 filters (default 4), each on its own training set and with its
+   own initialization seed, by CD-3, Adam, the seed's square-root decay of the learning rate
    (1e-3 -> 1e-4 at epoch 25, polynomial form, see deeprg.rsrg.train), minibatch 10, ``--epochs``
-   epochs (default 50), one torch thread;
+   epochs (default 50), one torch thread each, two at a time (one per core). Neither the 10^4
+   training configurations nor CD training pin the filter down: single filters scatter by a few
+   thousandths in y_t(N_r = 1, N_c = 7) (docs/rsrg.md), so the RBM column is the average over the
+   filters, with an error that adds their spread (``sd / sqrt(n)``) to the MCRG error;
 3. **MCRG set and MCRG**: ``--mcrg`` fresh Wolff configurations (default 10^6, the seed's),
    streamed in chunks straight into the MCRG accumulators of both transformations (never stored),
-   N_r = 1, 2, N_c = 1..7 (even) and 1..4 (odd), 32 jackknife blocks;
-4. **exponent vs epoch** (the seed's Fig. 2): y_t(N_r = 1, N_c = 7) of the filter after every
+   N_r = 1, 2, N_c = 1..7 (even) and 1..4 (odd), 32 jackknife blocks, every filter and the
+   majority rule on the same configurations;
+4. **exponent vs epoch** (the seed's Fig. 2): y_t(N_r = 1, N_c = 7) of the first filter after every
    epoch on the first ``--fig2`` configurations of the MCRG set (default 5 x 10^4, the seed's).
 
 Run from the repository root on a quiet machine (about 10 minutes on 2 cores)::
@@ -27,8 +32,10 @@ import argparse
 import csv
 import json
 import math
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +45,10 @@ from machine import describe  # noqa: E402
 
 from deeprg import Lattice  # noqa: E402
 from deeprg.mc import make_sampler  # noqa: E402
-from deeprg.mc.stats import format_value_error  # noqa: E402
+from deeprg.mc.stats import Estimate, format_value_error  # noqa: E402
 from deeprg.models.ising import K_C  # noqa: E402
 from deeprg.plots import exponent_vs_epoch, filter_snapshots  # noqa: E402
-from deeprg.rsrg.mcrg import mcrg, run_mcrg  # noqa: E402
+from deeprg.rsrg.mcrg import MCRGResult, mcrg, run_mcrg  # noqa: E402
 from deeprg.rsrg.train import RBMTrainConfig, Trainer  # noqa: E402
 from deeprg.rsrg.transforms import MajorityRule, RBMProjector  # noqa: E402
 
@@ -64,6 +71,41 @@ def sample(n: int, seed: int, chunk: int):
         yield run.spins_flat(), run.seconds, run.thin
 
 
+def train_filter(n_train: int, epochs: int, seed: int) -> dict:
+    """One training set and one CD-3 training run on it (in a worker process): filter after every
+    epoch, history, sampling and training seconds."""
+    t0 = time.perf_counter()
+    train = np.concatenate([s for s, _, _ in sample(n_train, seed, chunk=n_train // 2)])
+    sampling = time.perf_counter() - t0
+    cfg = RBMTrainConfig(epochs=epochs, seed=seed, threads=1)
+    trainer = Trainer(cfg, train)
+    t0 = time.perf_counter()
+    trainer.train(on_epoch=lambda r: print(f"  seed {seed} epoch {r['epoch']:3d}  cd_gap {r['cd_gap']:9.4f}  "
+                                           f"max|w| {r['filter_max_abs']:.3f}  {r['seconds']:.0f} s", flush=True))
+    return {"config": cfg.to_dict(), "filters": trainer.filter_history, "history": trainer.history,
+            "seconds": time.perf_counter() - t0, "sampling_seconds": sampling}
+
+
+def average(results: list[MCRGResult]) -> dict[str, list[list[Estimate]]]:
+    """Exponents averaged over filters; error^2 = (spread of the filters)^2 / n + mean MCRG error^2
+    (the MCRG errors of filters measured on the same configurations are correlated, so they are not
+    divided by n)."""
+    out = {}
+    for key in ("y_t", "y_h"):
+        table = []
+        for r_row in zip(*(getattr(r, key) for r in results)):
+            row = []
+            for cells in zip(*r_row):
+                means = np.array([c.mean for c in cells])
+                errors = np.array([c.error for c in cells])
+                spread = means.std(ddof=1) if len(means) > 1 else 0.0
+                error = math.sqrt(spread**2 / len(means) + np.mean(errors**2))
+                row.append(Estimate(means.mean(), error, math.nan, math.nan, cells[0].n_samples))
+            table.append(row)
+        out[key] = table
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 2000 / 3 epochs / 20000 / 5000")
@@ -71,12 +113,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, help="training epochs [50]")
     parser.add_argument("--mcrg", type=int, help="MCRG configurations [1000000]")
     parser.add_argument("--fig2", type=int, help="configurations for y_t vs epoch, 0 to skip [50000]")
-    parser.add_argument("--seed", type=int, default=2020, help="seed (training set: seed, MCRG set: seed + 1)")
+    parser.add_argument("--filters", type=int, default=4, help="filters, each on its own training set [4]")
+    parser.add_argument("--seed", type=int, default=2020,
+                        help="master seed: SeedSequence(seed).spawn gives the MCRG set's and each filter's seed")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the RBM projector in MCRG [1]; training always uses 1 (its "
                              "10 x 1024 x 256 products gain nothing from more, and lose much on a busy machine)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="output directory")
     args = parser.parse_args(argv)
+    if args.filters < 1:
+        parser.error("--filters must be >= 1")
     quick = dict(train=2000, epochs=3, mcrg=20000, fig2=5000)
     full = dict(train=10_000, epochs=50, mcrg=1_000_000, fig2=50_000)
     sizes = {k: getattr(args, k) if getattr(args, k) is not None else (quick if args.quick else full)[k] for k in full}
@@ -86,31 +132,27 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
 
-    # 1. training set
-    t0 = time.perf_counter()
-    train = np.concatenate([s for s, _, _ in sample(sizes["train"], args.seed, chunk=sizes["train"] // 2)])
-    seconds["sampling_training_set"] = time.perf_counter() - t0
-    print(f"training set: {len(train)} configurations in {seconds['sampling_training_set']:.1f} s", flush=True)
+    mcrg_seed, *seeds = [int(ss.generate_state(1)[0]) for ss in np.random.SeedSequence(args.seed).spawn(args.filters + 1)]
 
-    # 2. training
-    cfg = RBMTrainConfig(epochs=sizes["epochs"], seed=args.seed, threads=1)
-    trainer = Trainer(cfg, train)
+    # 1-2. training sets and training, two filters at a time
     t0 = time.perf_counter()
-    trainer.train(on_epoch=lambda r: print(f"  epoch {r['epoch']:3d}  cd_gap {r['cd_gap']:9.4f}  "
-                                           f"max|w| {r['filter_max_abs']:.3f}  {r['seconds']:.0f} s", flush=True))
-    seconds["training"] = time.perf_counter() - t0
-    filters = trainer.filter_history
-    print(f"training: {cfg.epochs} epochs in {seconds['training']:.1f} s", flush=True)
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = list(pool.map(train_filter, [sizes["train"]] * len(seeds), [sizes["epochs"]] * len(seeds), seeds))
+    seconds["sampling_and_training"] = time.perf_counter() - t0
+    seconds["sampling_training_sets"] = sum(run["sampling_seconds"] for run in runs)
+    cfg = runs[0]["config"]
+    filters = runs[0]["filters"]
+    print(f"training: {len(seeds)} filters x {sizes['epochs']} epochs (with their training sets) in {seconds['sampling_and_training']:.1f} s", flush=True)
 
-    # 3. MCRG set, streamed into both transformations
+    # 3. MCRG set, streamed into every transformation
     torch.set_num_threads(args.threads)
-    transforms = [RBMProjector(filters[-1]), MajorityRule()]
+    transforms = [RBMProjector(run["filters"][-1]) for run in runs] + [MajorityRule()]
     kept, n_kept, thin = [], 0, None
     sampling = [0.0]
 
     def chunks():
         nonlocal n_kept, thin
-        for spins, s, thin in sample(sizes["mcrg"], args.seed + 1, chunk=4096):
+        for spins, s, thin in sample(sizes["mcrg"], mcrg_seed, chunk=4096):
             sampling[0] += s
             if n_kept < sizes["fig2"]:
                 kept.append(spins[: sizes["fig2"] - n_kept])
@@ -118,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
             yield spins
 
     t0 = time.perf_counter()
-    rbm, majority = run_mcrg(chunks(), (L, L), transforms, sizes["mcrg"], LEVELS, seed=args.seed, n_blocks=BLOCKS)
+    *per_filter, majority = run_mcrg(chunks(), (L, L), transforms, sizes["mcrg"], LEVELS, seed=args.seed,
+                                     n_blocks=BLOCKS)
+    rbm = average(per_filter)
     seconds["sampling_mcrg_set"] = sampling[0]
     seconds["mcrg"] = time.perf_counter() - t0 - sampling[0]
     print(f"MCRG: {sizes['mcrg']} configurations; sampling {sampling[0]:.1f} s, MCRG {seconds['mcrg']:.1f} s", flush=True)
@@ -149,24 +193,28 @@ def main(argv: list[str] | None = None) -> None:
         "sizes": sizes,
         "thin_mcrg_set": thin,
         "seed": args.seed,
+        "mcrg_set_seed": mcrg_seed,
         "torch_threads_mcrg": args.threads,
         "jackknife_blocks": BLOCKS,
         "seconds": seconds,
-        "config": cfg.to_dict(),
-        "final_filter": filters[-1].tolist(),
-        "training_history": trainer.history,
-        "rbm": rbm.to_dict(),
+        "config": cfg,
+        "training_seeds": seeds,
+        "final_filters": [run["filters"][-1].tolist() for run in runs],
+        "training_seconds_per_filter": [run["seconds"] for run in runs],
+        "training_history": runs[0]["history"],
+        "rbm_per_filter": [r.to_dict() for r in per_filter],
+        "rbm_average": {k: [[{"mean": e.mean, "error": e.error} for e in row] for row in v] for k, v in rbm.items()},
         "majority": majority.to_dict(),
         "exponent_vs_epoch": fig2,
         "figures": {"filters": f"{stem}_filters.png", "exponent_vs_epoch": f"{stem}_exponent_vs_epoch.png"},
         "published": {k: {f"{a},{b}": v for (a, b), v in col.items()} for k, col in published().items()},
     }
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(result, rbm, majority))
+    (args.out / f"{stem}.md").write_text(markdown(result, rbm, per_filter, majority))
     print((args.out / f"{stem}.md").read_text())
 
 
-def markdown(r: dict, rbm, majority) -> str:
+def markdown(r: dict, rbm: dict, per_filter: list[MCRGResult], majority: MCRGResult) -> str:
     m, s, n = r["machine"], r["seconds"], r["sizes"]
     pub = published()
 
@@ -181,40 +229,45 @@ def markdown(r: dict, rbm, majority) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, numpy {m['numpy']}, numba {m['numba']}, "
         f"torch {m['torch']}, deeprg {m['deeprg']}; {m['platform']}; {m['date']}.",
         "",
-        f"32x32 periodic Ising model at K_c. Training set {n['train']} Wolff configurations, {n['epochs']} epochs of "
-        f"CD-3 (8x8 filter, minibatch 10, Adam 1e-3 -> 1e-4 at epoch 25, {r['config']['schedule']} decay); MCRG set {n['mcrg']} fresh Wolff "
+        f"32x32 periodic Ising model at K_c. {len(per_filter)} filters, each trained on its own set of "
+        f"{n['train']} Wolff configurations (seeds {', '.join(map(str, r['training_seeds']))} for the set and "
+        f"the initialization), {n['epochs']} epochs of CD-3 each (8x8 filter, minibatch 10, Adam 1e-3 -> 1e-4 at epoch 25, {r['config']['schedule']} decay); MCRG set {n['mcrg']} fresh Wolff "
         f"configurations ({r['thin_mcrg_set']} cluster flips apart, 2 chains), {r['jackknife_blocks']} jackknife "
-        f"blocks; seed {r['seed']}. Published: Chung & Kao (10^4 training, 10^6 MCRG configurations).",
+        f"blocks; master seed {r['seed']}. Published: Chung & Kao (10^4 training, 10^6 MCRG configurations).",
         "",
         "## Wall time (seconds)",
         "",
-        "| sampling training set | training | sampling MCRG set | MCRG (both transforms) | whole pipeline |",
+        "| training sets and training (all filters, 2 at a time) | of which sampling | sampling MCRG set | MCRG (all transforms) | whole pipeline |",
         "|---|---|---|---|---|",
-        f"| {s['sampling_training_set']:.1f} | {s['training']:.1f} | {s['sampling_mcrg_set']:.1f} | {s['mcrg']:.1f} "
+        f"| {s['sampling_and_training']:.1f} | {s['sampling_training_sets']:.1f} | {s['sampling_mcrg_set']:.1f} | {s['mcrg']:.1f} "
         f"| {s['pipeline_total']:.1f} ({s['pipeline_total'] / 60:.1f} min) |",
         "",
         "## y_t (exact 1)",
         "",
-        "| N_r | N_c | RBM projector (ours) | optimal RBM (published) | majority rule (ours) | majority rule (published) |",
+        "| N_r | N_c | RBM projector (ours, mean of filters) | optimal RBM (published) | majority rule (ours) | majority rule (published) |",
         "|---|---|---|---|---|---|",
     ]
     for nr in range(1, LEVELS + 1):
         for nc in range(1, 8):
-            lines.append(f"| {nr} | {nc} | {fmt(rbm.y_t[nr - 1][nc - 1])} | {pub['optimal_rbm'][nr, nc]} "
+            lines.append(f"| {nr} | {nc} | {fmt(rbm['y_t'][nr - 1][nc - 1])} | {pub['optimal_rbm'][nr, nc]} "
                          f"| {fmt(majority.y_t[nr - 1][nc - 1])} | {pub['majority_rule'][nr, nc]} |")
     lines += ["", "## y_h (exact 15/8 = 1.875; not published)", "",
               "| N_r | N_c | RBM projector | majority rule |", "|---|---|---|---|"]
     for nr in range(1, LEVELS + 1):
         for nc in range(1, 5):
-            lines.append(f"| {nr} | {nc} | {fmt(rbm.y_h[nr - 1][nc - 1])} | {fmt(majority.y_h[nr - 1][nc - 1])} |")
-    maj, opt = majority.y_t[0][6], rbm.y_t[0][6]
+            lines.append(f"| {nr} | {nc} | {fmt(rbm['y_h'][nr - 1][nc - 1])} | {fmt(majority.y_h[nr - 1][nc - 1])} |")
+    lines += ["", "y_t(N_r, N_c = 7) of each filter (same MCRG configurations):", "",
+              "| seed (training set, initialization) | N_r = 1 | N_r = 2 | training (s) |", "|---|---|---|---|"]
+    for seed, one, sec in zip(r["training_seeds"], per_filter, r["training_seconds_per_filter"]):
+        lines.append(f"| {seed} | {fmt(one.y_t[0][6])} | {fmt(one.y_t[1][6])} | {sec:.0f} |")
+    maj, opt = majority.y_t[0][6], rbm["y_t"][0][6]
     lines += [
         "",
         "## Targets",
         "",
         f"* majority rule y_t(N_r=1, N_c=7) = {fmt(maj)} vs 0.967(3): difference {maj.mean - 0.967:+.4f} "
         f"({'within' if abs(maj.mean - 0.967) <= math.hypot(maj.error, 0.003) else 'outside'} the combined error).",
-        f"* RBM projector y_t(N_r=1, N_c=7) = {fmt(opt)} vs 1.000 +- 0.003: "
+        f"* RBM projector y_t(N_r=1, N_c=7), mean of {len(per_filter)} filters = {fmt(opt)} vs 1.000 +- 0.003: "
         f"{'met' if abs(opt.mean - 1.0) <= 0.003 else 'not met'} (published 1.0001(11)).",
         f"* whole pipeline {s['pipeline_total'] / 60:.1f} min vs < 30 min: "
         f"{'met' if s['pipeline_total'] < 1800 else 'not met'}.",
@@ -226,7 +279,8 @@ def markdown(r: dict, rbm, majority) -> str:
                   f"{format_value_error(f2['y_t'][-1]['mean'], f2['y_t'][-1]['error'])}, majority rule "
                   f"{format_value_error(f2['majority_y_t']['mean'], f2['majority_y_t']['error'])} "
                   f"({s['exponent_vs_epoch']:.0f} s, not in the pipeline time)."]
-    lines += ["", f"Trained filter after each shown epoch (Fig. 1): [{r['figures']['filters']}]({r['figures']['filters']})."]
+    lines += ["", f"Trained filter (training seed {r['training_seeds'][0]}) after each shown epoch (Fig. 1): "
+              f"[{r['figures']['filters']}]({r['figures']['filters']})."]
     return "\n".join(lines) + "\n"
 
 
