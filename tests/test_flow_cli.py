@@ -9,7 +9,8 @@ import torch
 torch.set_num_threads(1)
 
 # The smoke runs here are far too short for reliable autocorrelation times; that warning is expected.
-pytestmark = [pytest.mark.filterwarnings("ignore:chain length"), pytest.mark.filterwarnings("ignore:no Sokal window")]
+pytestmark = [pytest.mark.filterwarnings("ignore:chain length"), pytest.mark.filterwarnings("ignore:no Sokal window"),
+              pytest.mark.filterwarnings("ignore:importance weights are heavy-tailed")]
 
 
 @pytest.fixture
