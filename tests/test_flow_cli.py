@@ -1,4 +1,4 @@
-"""``deeprg flow estimate|sample|hmc`` on a run directory of ``deeprg flow train``."""
+"""``deeprg flow estimate|sample|hmc|mh|analyze`` on a run directory of ``deeprg flow train``."""
 
 import json
 
@@ -27,7 +27,7 @@ def test_estimate_reports_ln_z_with_error_and_ess(cli, run_dir):
     assert status == 0
     s = json.loads(out)
     assert set(s["ln_z"]) == {"mean", "error"} and s["ln_z"]["error"] > 0
-    assert 0 < s["ess_fraction"] <= 1
+    assert 0 < s["ess_fraction"] <= 1 and isinstance(s["pareto_k"], float)
     assert s["exact_ln_z"] == pytest.approx(37.377, abs=1e-3)
     # the bound: -F_q <= ln Z, and the importance estimate is unbiased (loose: few samples)
     assert -s["variational_free_energy"]["mean"] <= s["exact_ln_z"] + 4 * s["variational_free_energy"]["error"]
@@ -53,6 +53,16 @@ def test_hmc_reports_observables_with_error_bars(cli, run_dir, space):
         assert set(s[key]) == {"mean", "error"}
     assert 0 <= s["acceptance"] <= 1 and set(s["tau_int"]) == {"structure_factor", "energy_per_site"}
     assert 0 < s["structure_factor"]["mean"] <= 1 and -2 <= s["energy_per_site"]["mean"] <= 2
+
+
+def test_independence_mh_reports_observables_acceptance_and_tau(cli, run_dir):
+    status, out, _ = cli("flow", "mh", run_dir, "--chains", "8", "--steps", "40", "--warmup", "5", "--json")
+    assert status == 0
+    s = json.loads(out)
+    for key in ("structure_factor", "energy_per_site"):
+        assert set(s[key]) == {"mean", "error"}
+    assert 0 < s["acceptance"] <= 1 and set(s["tau_int"]) == {"structure_factor", "energy_per_site"}
+    assert (s["chains"], s["steps"], s["warmup"]) == (8, 40, 5)
 
 
 def test_hmc_in_both_spaces_writes_summary_and_fig3b_plots(cli, run_dir, tmp_path):
@@ -93,7 +103,8 @@ def test_run_directory_from_an_incompatible_version_exits_2(cli, run_dir):
 
 
 @pytest.mark.parametrize("argv, needle", [(["hmc", "--steps", "0"], "--steps"), (["hmc", "--chains", "0"], "--chains"),
-                                          (["estimate", "--samples", "1"], "--samples")])
+                                          (["estimate", "--samples", "24"], "--samples"),
+                                          (["mh", "--steps", "0"], "--steps"), (["mh", "--warmup", "-1"], "--warmup")])
 def test_bad_numbers_exit_2(cli, run_dir, argv, needle):
     status, _, err = cli("flow", argv[0], run_dir, *argv[1:])
     assert status == 2 and needle in err

@@ -7,7 +7,7 @@ import torch
 
 from deeprg import Lattice
 from deeprg.flows import Flow, Hierarchy
-from deeprg.flows.estimators import importance_ln_z, independence_metropolis, latent_log_prob
+from deeprg.flows.estimators import importance_ln_z, independence_metropolis, latent_log_prob, pareto_k
 from deeprg.mc.hmc import hmc
 from deeprg.mc.stats import estimate
 from deeprg.models.enumeration import Enumeration
@@ -29,16 +29,17 @@ def make_flow(shape, symmetrize=False, perturb=0.0, seed=0):
 def test_importance_ln_z_is_exact_for_an_exact_flow():
     flow = make_flow((4, 4))  # a fresh flow is the identity: q = N(0, 1)
     target = GaussianTarget((4, 4), precision=torch.eye(16, dtype=torch.float64))
-    est, ess = importance_ln_z(flow, target, 1000, generator=torch.Generator().manual_seed(1))
+    est, ess, k = importance_ln_z(flow, target, 1000, generator=torch.Generator().manual_seed(1))
     assert abs(est.mean - target.exact_ln_z) < 1e-12 and est.error < 1e-12
     assert abs(ess - 1.0) < 1e-12
+    assert k < 0  # bounded (here constant) weights
 
 
 def test_importance_ln_z_is_unbiased_for_an_inexact_flow():
     flow = make_flow((4, 4), perturb=0.02)
     target = GaussianTarget.lattice_correlated(Lattice((4, 4)), c=0.1)
-    est, ess = importance_ln_z(flow, target, 40000, generator=torch.Generator().manual_seed(2))
-    assert 0.05 < ess < 1.0
+    est, ess, k = importance_ln_z(flow, target, 40000, generator=torch.Generator().manual_seed(2))
+    assert 0.05 < ess < 1.0 and k < 0.5
     assert abs(est.mean - target.exact_ln_z) < 4 * est.error
 
 
@@ -46,7 +47,15 @@ def test_importance_ln_z_warns_when_the_weights_are_heavy_tailed():
     flow = make_flow((4, 4))  # N(0, 1) proposal for a target 3x wider in every direction
     target = GaussianTarget((4, 4), precision=torch.eye(16, dtype=torch.float64) / 9.0)
     with pytest.warns(UserWarning, match="heavy-tailed"):
-        importance_ln_z(flow, target, 2000, generator=torch.Generator().manual_seed(1))
+        result = importance_ln_z(flow, target, 2000, generator=torch.Generator().manual_seed(1))
+    assert result.pareto_k > 0.7
+
+
+@pytest.mark.parametrize("k", [0.2, 0.5, 0.8])
+def test_pareto_k_recovers_the_tail_index_of_pareto_weights(k):
+    """Weights w = U^-k (U uniform) have a Pareto tail of index k exactly."""
+    u = torch.rand(40000, generator=torch.Generator().manual_seed(int(10 * k)), dtype=torch.float64)
+    assert pareto_k(-k * torch.log(u)) == pytest.approx(k, abs=0.12)
 
 
 def test_independence_metropolis_with_exact_proposal_accepts_everything():

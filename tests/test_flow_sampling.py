@@ -1,10 +1,12 @@
-"""Latent vs physical HMC with a trained flow, and the reference values it is compared with."""
+"""Latent vs physical HMC and flow-proposal Metropolis with a trained flow, and the reference values
+they are compared with."""
 
 import numpy as np
 import pytest
 import torch
 
 from deeprg import Lattice
+from deeprg.flows.estimators import independence_metropolis, ising_observables
 from deeprg.flows.sampling import hmc_in_space, starting_fields
 from deeprg.flows.train import FlowTrainConfig, Trainer
 from deeprg.mc.reference import ising_reference
@@ -65,6 +67,21 @@ def test_hmc_with_a_trained_flow_matches_enumeration(trained_4x4, space):
     assert abs(en.mean - e) < 4 * en.error
     assert res.warmup_series["structure_factor"].shape == (60, 128)
     assert res.acceptance_rate > 0.5
+
+
+@pytest.mark.filterwarnings("ignore:chain length")
+def test_independence_metropolis_with_a_trained_flow_matches_enumeration(trained_4x4):
+    """Flow-proposal Metropolis-Hastings is exact for pi: spins from its fields reproduce the
+    enumerated structure factor and energy."""
+    flow, target = trained_4x4.flow, trained_4x4.target
+    gen = torch.Generator().manual_seed(12)
+    res = independence_metropolis(flow, target, 300, 128, ising_observables(target, gen), gen)
+    m2, e = brute_force_ising_4x4(K_C)
+    sf = estimate(res.series["structure_factor"][20:].T.numpy())
+    en = estimate(res.series["energy_per_site"][20:].T.numpy())
+    assert abs(sf.mean - m2) < 4 * sf.error and sf.error < 0.02
+    assert abs(en.mean - e) < 4 * en.error
+    assert 0.05 < res.acceptance_rate < 1
 
 
 def test_unknown_space_or_start_is_rejected(trained_4x4):

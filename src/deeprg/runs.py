@@ -4,7 +4,8 @@ A run directory holds ``config.json`` (the full resolved configuration, the pack
 the git revision where known), ``checkpoint.pt`` (tensors only: loadable with
 ``torch.load(weights_only=True)``), ``metrics.json`` and figures. Every file is written to a
 temporary name in the same directory and renamed into place, so a crash or Ctrl-C never leaves a
-half-written file.
+half-written file. The trainers of :mod:`deeprg.flows`, :mod:`deeprg.rsrg` and :mod:`deeprg.cora`
+share the checkpoint helpers here.
 """
 
 from __future__ import annotations
@@ -16,11 +17,28 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
+
+import torch
 
 import deeprg
 
-__all__ = ["atomic_path", "git_revision", "read_json", "run_provenance", "write_json"]
+__all__ = [
+    "CheckpointMismatch",
+    "atomic_path",
+    "config_mismatch",
+    "git_revision",
+    "load_checkpoint",
+    "read_json",
+    "run_provenance",
+    "save_checkpoint",
+    "write_json",
+]
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint or run directory that is missing, unreadable, or for another model, data or
+    version."""
 
 
 @contextmanager
@@ -76,3 +94,31 @@ def git_revision() -> str | None:
 def run_provenance() -> dict[str, Any]:
     """Package version and git revision, recorded in every run's config."""
     return {"deeprg_version": deeprg.__version__, "git_revision": git_revision()}
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write ``state`` (tensors and plain containers only) with ``torch.save``, atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, fmt: str, kind: str) -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint` without executing code
+    (``weights_only=True``) and check that its ``"format"`` entry is ``fmt``. ``kind`` names the
+    checkpoint in messages (``"flow"``, ``"RBM"``, ...). Raises :class:`CheckpointMismatch`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointMismatch(f"checkpoint {str(path)!r} does not exist") from None
+    except Exception as err:  # corrupt or foreign file
+        raise CheckpointMismatch(f"{str(path)!r} is not a readable deeprg {kind} checkpoint ({err})") from None
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise CheckpointMismatch(f"{str(path)!r} is not a deeprg {kind} checkpoint")
+    return state
+
+
+def config_mismatch(saved: dict, current: dict, keys: Iterable[str]) -> str:
+    """``"key: checkpoint a vs b, ..."`` for each of ``keys`` whose value differs between the
+    ``saved`` and the ``current`` config dicts; empty when they all agree."""
+    return ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs {current.get(k)!r}"
+                     for k in keys if saved.get(k) != current.get(k))

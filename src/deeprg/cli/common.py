@@ -43,6 +43,23 @@ class StopOnSignal:
         signal.signal(signal.SIGINT, self._previous)
 
 
+def check_run_dir(run_dir: Path, resume: bool, force: bool, checkpoint_name: str = "checkpoint.pt") -> Path:
+    """Check the ``--out`` / ``--resume`` / ``--force`` options of a training command before any
+    work starts; returns the checkpoint path. A new run refuses a directory that already holds a
+    checkpoint unless ``--force``; ``--resume`` needs one."""
+    checkpoint = run_dir / checkpoint_name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out: {str(run_dir)!r} exists and is not a directory")
+    if resume and force:
+        raise UsageError("--resume and --force exclude each other")
+    if resume and not checkpoint.exists():
+        raise UsageError(f"--resume: no checkpoint in {str(run_dir)!r}")
+    if checkpoint.exists() and not (resume or force):
+        raise UsageError(f"--out: {str(run_dir)!r} already holds a checkpoint; pass --resume to continue it "
+                         "or --force to start over")
+    return checkpoint
+
+
 def coupling(value: str) -> float:
     """argparse type for ``--beta``: ``critical`` or a finite float > 0."""
     try:

@@ -14,7 +14,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deeprg.cli.common import StopOnSignal, UsageError, int_at_least, positive_float, print_json, writable_file
+from deeprg.cli.common import (
+    StopOnSignal,
+    UsageError,
+    check_run_dir,
+    int_at_least,
+    positive_float,
+    print_json,
+    writable_file,
+)
 from deeprg.config import ConfigError, load_config
 from deeprg.cora.datasets import BinaryData, decode_values, digits, load_binary, save_binary
 from deeprg.cora.evaluate import chain_window_entropy, evaluate
@@ -112,16 +120,7 @@ def run_train(args: argparse.Namespace) -> int:
     data = _load_data(args.data, args.key)
     cfg = _resolve_config(args, data)
     run_dir = Path(args.out)
-    checkpoint = run_dir / CHECKPOINT
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"--out: {str(run_dir)!r} exists and is not a directory")
-    if args.resume and args.force:
-        raise UsageError("--resume and --force exclude each other")
-    if args.resume and not checkpoint.exists():
-        raise UsageError(f"--resume: no checkpoint in {str(run_dir)!r}")
-    if checkpoint.exists() and not (args.resume or args.force):
-        raise UsageError(f"--out: {str(run_dir)!r} already holds a checkpoint; pass --resume to continue it "
-                         "or --force to start over")
+    checkpoint = check_run_dir(run_dir, args.resume, args.force, CHECKPOINT)
     trainer = Trainer(cfg, torch.as_tensor(data.indices))
     if args.resume:
         try:

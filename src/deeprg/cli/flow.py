@@ -17,6 +17,7 @@ from tqdm import tqdm
 from deeprg.cli.common import (
     StopOnSignal,
     UsageError,
+    check_run_dir,
     coupling,
     int_at_least,
     positive_float,
@@ -30,25 +31,24 @@ from deeprg.flows.analysis import (
     top_latent_energy,
     top_latent_sites,
 )
-from deeprg.flows.estimators import importance_ln_z
+from deeprg.flows.estimators import importance_ln_z, independence_metropolis, ising_observables
 from deeprg.flows.hierarchy import ARCHITECTURES
 from deeprg.flows.sampling import SPACES, STARTS, hmc_in_space, starting_fields
 from deeprg.flows.train import (
-    RUN_FORMAT,
+    CHECKPOINT_NAME,
     CheckpointMismatch,
     FlowTrainConfig,
     NonFiniteLoss,
     Trainer,
     load_run,
     variational_free_energy,
+    write_run_config,
 )
 from deeprg.mc.hmc import HMCDivergence
 from deeprg.mc.reference import ising_reference
 from deeprg.mc.stats import estimate
 from deeprg.plots import field_grid, hmc_traces, latent_energy, mutual_information_maps, training_curve
-from deeprg.runs import atomic_path, run_provenance, write_json
-
-CHECKPOINT = "checkpoint.pt"
+from deeprg.runs import atomic_path, write_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -75,6 +75,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="Z2-symmetrize the density, q(x) = [q0(x) + q0(-x)]/2 [on]")
     q.add_argument("--linear", action=argparse.BooleanOptionalAction, default=None,
                    help="learned translation-invariant linear map at the physical end [on]")
+    q.add_argument("--elementwise", action=argparse.BooleanOptionalAction, default=None,
+                   help="learned odd monotone map on every site, inside the linear map [on]")
     q.add_argument("--hidden", type=int_at_least(1), nargs="+", help="hidden widths of the coupling MLPs [32 32]")
     q.add_argument("--couplings", dest="n_couplings", type=int_at_least(1), help="affine couplings per block [4]")
     q.add_argument("--seed", type=int_at_least(0), help="random seed [0]")
@@ -90,7 +92,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     e = actions.add_parser("estimate", help="importance-weighted ln Z and the variational bound of a trained flow")
     e.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg flow train'")
-    e.add_argument("--samples", type=int_at_least(2), default=100_000, help="flow samples [100000]")
+    e.add_argument("--samples", type=int_at_least(25), default=100_000, help="flow samples [100000]")
     e.add_argument("--seed", type=int_at_least(0), default=0, help="random seed [0]")
     e.add_argument("--threads", type=int_at_least(1), help="torch CPU threads")
     e.add_argument("--json", action="store_true", help="print a machine-readable summary")
@@ -121,6 +123,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--quiet", action="store_true", help="no progress bar")
     h.set_defaults(run=run_hmc)
 
+    i = actions.add_parser("mh", help="independence Metropolis-Hastings with the flow as proposal",
+                           description="Exact sampling of pi by Metropolis-Hastings with proposals drawn "
+                           "independently from the trained flow, accepted with min(1, pi(x') q(x) / (pi(x) q(x')))."
+                           " Reports the structure factor and energy per site of spins from pi(s|x), their "
+                           "autocorrelation times and the acceptance rate.")
+    i.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg flow train'")
+    i.add_argument("--chains", type=int_at_least(1), default=64, help="parallel chains [64]")
+    i.add_argument("--steps", type=int_at_least(1), default=2000, help="production steps [2000]")
+    i.add_argument("--warmup", type=int_at_least(0), default=100, help="steps discarded first [100]")
+    i.add_argument("--seed", type=int_at_least(0), default=0, help="random seed [0]")
+    i.add_argument("--threads", type=int_at_least(1), help="torch CPU threads")
+    i.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    i.set_defaults(run=run_mh)
+
     a = actions.add_parser("analyze", help="response maps and mutual information of the latent variables")
     a.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg flow train'")
     a.add_argument("--samples", type=int_at_least(64), default=2000, help="flow samples averaged over [2000]")
@@ -130,8 +146,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(run=run_analyze)
 
 
-OVERRIDES = ("L", "d", "beta", "arch", "depth", "steps", "batch", "lr", "symmetrize", "linear", "hidden", "n_couplings",
-             "seed", "dtype", "device", "threads")
+OVERRIDES = ("L", "d", "beta", "arch", "depth", "steps", "batch", "lr", "symmetrize", "linear", "elementwise", "hidden",
+             "n_couplings", "seed", "dtype", "device", "threads")
 
 
 def resolve_config(args: argparse.Namespace) -> FlowTrainConfig:
@@ -144,16 +160,7 @@ def resolve_config(args: argparse.Namespace) -> FlowTrainConfig:
 def run_train(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     run_dir = Path(args.out)
-    checkpoint = run_dir / CHECKPOINT
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"--out: {str(run_dir)!r} exists and is not a directory")
-    if args.resume and args.force:
-        raise UsageError("--resume and --force exclude each other")
-    if args.resume and not checkpoint.exists():
-        raise UsageError(f"--resume: no checkpoint in {str(run_dir)!r}")
-    if checkpoint.exists() and not (args.resume or args.force):
-        raise UsageError(f"--out: {str(run_dir)!r} already holds a checkpoint; pass --resume to continue "
-                         "it or --force to start over")
+    checkpoint = check_run_dir(run_dir, args.resume, args.force, CHECKPOINT_NAME)
     trainer = Trainer(cfg)
     if args.resume:
         try:
@@ -161,8 +168,7 @@ def run_train(args: argparse.Namespace) -> int:
         except CheckpointMismatch as err:
             raise UsageError(str(err)) from None
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json",
-               {"format": RUN_FORMAT, **cfg.to_dict(), **run_provenance(), "command": sys.argv})
+    write_run_config(run_dir, cfg, command=sys.argv)
 
     exact = trainer.exact_free_energy
     if not args.quiet:
@@ -229,12 +235,13 @@ def _load(args: argparse.Namespace) -> Trainer:
 def run_estimate(args: argparse.Namespace) -> int:
     trainer = _load(args)
     gen = torch.Generator(device=trainer.device).manual_seed(args.seed)
-    ln_z, ess = importance_ln_z(trainer.flow, trainer.target, args.samples, generator=gen)
+    ln_z, ess, tail = importance_ln_z(trainer.flow, trainer.target, args.samples, generator=gen)
     bound = variational_free_energy(trainer.flow, trainer.target, args.samples, generator=gen)
     exact = trainer.exact_ln_z
     summary = {
         "ln_z": {"mean": ln_z.mean, "error": ln_z.error},
         "ess_fraction": ess,
+        "pareto_k": tail,
         "variational_free_energy": {"mean": bound.mean, "error": bound.error},
         "exact_ln_z": exact,
         "samples": args.samples,
@@ -243,7 +250,8 @@ def run_estimate(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
         return 0
-    print(f"importance-weighted ln Z = {ln_z}   (ESS fraction {ess:.3f}, {args.samples} samples)")
+    print(f"importance-weighted ln Z = {ln_z}   (ESS fraction {ess:.3f}, Pareto tail index {tail:.2f}, "
+          f"{args.samples} samples)")
     print(f"variational bound  -F_q = {-bound.mean:.6f}({bound.error:.1g})")
     if exact is not None:
         print(f"exact              ln Z = {exact:.6f}   (deviation {(ln_z.mean - exact) / ln_z.error:+.1f} sigma)")
@@ -272,17 +280,41 @@ def run_sample(args: argparse.Namespace) -> int:
 OBSERVABLES = ("structure_factor", "energy_per_site")
 
 
-def _hmc_summary(result, seconds: float) -> tuple[dict, dict]:
-    """The JSON summary of one HMC run and its observables' estimates."""
-    stats = {name: estimate(result.series[name].T.numpy()) for name in OBSERVABLES}
+def _chain_summary(series: dict, acceptance: float, seconds: float) -> tuple[dict, dict]:
+    """The JSON summary of one Markov-chain run (``series``: name -> ``(steps, chains)``) and its
+    observables' estimates."""
+    stats = {name: estimate(series[name].T.numpy()) for name in OBSERVABLES}
     return {
         **{name: {"mean": est.mean, "error": est.error} for name, est in stats.items()},
-        "acceptance": result.acceptance_rate,
+        "acceptance": acceptance,
         "tau_int": {name: est.tau_int for name, est in stats.items()},
-        "step_size": result.step_size,
-        "leapfrog": result.n_leapfrog,
         "seconds": seconds,
     }, stats
+
+
+def _hmc_summary(result, seconds: float) -> tuple[dict, dict]:
+    summary, stats = _chain_summary(result.series, result.acceptance_rate, seconds)
+    return {**summary, "step_size": result.step_size, "leapfrog": result.n_leapfrog}, stats
+
+
+def run_mh(args: argparse.Namespace) -> int:
+    trainer = _load(args)
+    gen = torch.Generator(device=trainer.device).manual_seed(args.seed)
+    t0 = time.perf_counter()
+    result = independence_metropolis(trainer.flow, trainer.target, args.warmup + args.steps, args.chains,
+                                     ising_observables(trainer.target, gen), gen)
+    production = {name: series[args.warmup:] for name, series in result.series.items()}
+    summary, stats = _chain_summary(production, float(result.acceptance[args.warmup:].mean()),
+                                    time.perf_counter() - t0)
+    summary.update(chains=args.chains, steps=args.steps, warmup=args.warmup, seed=args.seed)
+    if args.json:
+        print_json(summary)
+        return 0
+    print(f"independence Metropolis-Hastings (flow proposal): {args.chains} chains x {args.steps} steps, "
+          f"acceptance {summary['acceptance']:.3f}, {summary['seconds']:.1f} s")
+    for name, est in stats.items():
+        print(f"  {name:18s} {str(est):>14s}   tau_int {est.tau_int:.2f} steps")
+    return 0
 
 
 def run_hmc(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from deeprg.cli.common import StopOnSignal, UsageError, int_at_least, positive_float, print_json
+from deeprg.cli.common import StopOnSignal, UsageError, check_run_dir, int_at_least, positive_float, print_json
 from deeprg.config import ConfigError, load_config
 from deeprg.data import SpinDataset, load_dataset
 from deeprg.mc.stats import format_value_error
@@ -120,21 +120,6 @@ def _resolve_config(args: argparse.Namespace, run_dir: Path) -> RBMTrainConfig:
         raise UsageError(str(err)) from None
 
 
-def _check_run_dir(args: argparse.Namespace, run_dir: Path) -> None:
-    checkpoint = run_dir / CHECKPOINT
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"--out: {str(run_dir)!r} exists and is not a directory")
-    if not run_dir.exists() and not run_dir.parent.is_dir():
-        raise UsageError(f"--out: directory {str(run_dir.parent)!r} does not exist")
-    if args.resume and args.force:
-        raise UsageError("--resume and --force exclude each other")
-    if args.resume and not checkpoint.exists():
-        raise UsageError(f"--resume: no checkpoint in {str(run_dir)!r}")
-    if checkpoint.exists() and not (args.resume or args.force):
-        raise UsageError(f"--out: {str(run_dir)!r} already holds a checkpoint; pass --resume to continue it "
-                         "or --force to start over")
-
-
 def _write_filters(trainer: Trainer, run_dir: Path) -> None:
     filters = trainer.filter_history
     with atomic_path(run_dir / "filters.npz") as tmp:
@@ -150,7 +135,7 @@ def _filters_figure(filters: np.ndarray, path: Path, title: str) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     run_dir = Path(args.out)
-    _check_run_dir(args, run_dir)
+    checkpoint = check_run_dir(run_dir, args.resume, args.force, CHECKPOINT)
     cfg = _resolve_config(args, run_dir)
     ds = _load_data(args.data)
     shape = tuple(ds.metadata["lattice_shape"])
@@ -161,13 +146,12 @@ def run_train(args: argparse.Namespace) -> int:
     if cfg.batch > ds.n:
         raise UsageError(f"--batch: {cfg.batch} is larger than the training set ({ds.n} configurations)")
     trainer = Trainer(cfg, ds.spins)
-    checkpoint = run_dir / CHECKPOINT
     if args.resume:
         try:
             trainer.load(checkpoint)
         except CheckpointMismatch as err:
             raise UsageError(f"--resume: {err}") from None
-    run_dir.mkdir(exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     data = {"path": str(args.data), "n": ds.n, "lattice_shape": list(shape), "K": ds.metadata["K"],
             "sampler": ds.metadata["sampler"], "seed": ds.metadata["seed"]}
     write_json(run_dir / "config.json", {**cfg.to_dict(), **run_provenance(), "data": data, "command": sys.argv})

@@ -51,7 +51,8 @@ from deeprg.cora.evaluate import window_codes
 from deeprg.cora.inverse import coarse_grain
 from deeprg.cora.marginals import check_window, cone_widths, layer_windows, window_marginals
 from deeprg.cora.network import INITS, Cora, check_lattice_shape
-from deeprg.runs import atomic_path
+from deeprg.runs import CheckpointMismatch, config_mismatch, save_checkpoint
+from deeprg.runs import load_checkpoint as _load_checkpoint
 
 __all__ = [
     "METHODS",
@@ -195,10 +196,6 @@ def data_digest(data: Tensor) -> str:
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss."""
-
-
-class CheckpointMismatch(ValueError):
-    """A checkpoint of another run (config or data)."""
 
 
 class Trainer:
@@ -381,8 +378,7 @@ class Trainer:
 
     def save(self, path: str | Path) -> None:
         """Write the checkpoint atomically (tensors and plain containers only)."""
-        with atomic_path(path) as tmp:
-            torch.save(self.state_dict(), tmp)
+        save_checkpoint(path, self.state_dict())
 
     def load(self, path: str | Path) -> None:
         """Restore the state saved by :meth:`save`; config (but for device, threads and
@@ -390,9 +386,8 @@ class Trainer:
         state = load_checkpoint(path)
         saved = json.loads(state["config"])
         mine = self.cfg.to_dict()
-        differ = [k for k in mine if k not in _RUNTIME_KEYS and saved.get(k) != mine[k]]
-        if differ:
-            detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs {mine[k]!r}" for k in differ)
+        detail = config_mismatch(saved, mine, [k for k in mine if k not in _RUNTIME_KEYS])
+        if detail:
             raise CheckpointMismatch(f"checkpoint {str(path)!r} is for another run ({detail})")
         if state["data_sha256"] != self.digest:
             raise CheckpointMismatch(f"checkpoint {str(path)!r} was trained on other data")
@@ -411,15 +406,7 @@ class Trainer:
 
 def load_checkpoint(path: str | Path) -> dict:
     """Load a CORA checkpoint without executing code (``weights_only=True``)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointMismatch(f"checkpoint {str(path)!r} does not exist") from None
-    except Exception as err:  # corrupt or foreign file
-        raise CheckpointMismatch(f"{str(path)!r} is not a readable deeprg CORA checkpoint ({err})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointMismatch(f"{str(path)!r} is not a deeprg CORA checkpoint")
-    return state
+    return _load_checkpoint(path, CHECKPOINT_FORMAT, "CORA")
 
 
 def load_run(run_dir: str | Path) -> tuple[Cora, CoraTrainConfig, dict]:

@@ -30,11 +30,17 @@ The two reference structures of Fig. 2: ``tebd`` uses disentangler-type layers o
 information spreads by one plaquette per layer); ``tree`` uses decimators only.
 
 Every layer is a :class:`~deeprg.flows.bijectors.BlockRealNVP`; the direction convention is the one
-written in :mod:`deeprg.flows.bijectors`. With ``linear=True`` a
-:class:`~deeprg.flows.bijectors.CirculantLinear` map sits between the physical field and the first
-layer (generation: ``x = C(h)``; RG: ``h = C^-1(x)``): one learned symmetric convolution over the
-whole lattice, which captures the translation-invariant Gaussian part of the correlations at every
-length scale at negligible cost.
+written in :mod:`deeprg.flows.bijectors`. Two cheap maps can sit between the physical field and
+the first layer, in generation order ``x = C(f(h))`` with ``h`` the output of the block layers:
+
+* ``elementwise=True``: :class:`~deeprg.flows.bijectors.OddMonotone`, one learned odd monotone
+  function ``f`` applied to every site, which makes the single-site marginal two-peaked;
+* ``linear=True``: :class:`~deeprg.flows.bijectors.CirculantLinear`, one learned symmetric
+  convolution ``C`` over the whole lattice, which captures the translation-invariant Gaussian part
+  of the correlations at every length scale.
+
+The order mirrors the relaxed Ising field (Li & Wang Eq. 7), ``x = A s + noise``: two-peaked
+"spins" first, then the linear coupling kernel. Both cost O(N) (``C``: O(N log N)).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deeprg.flows.bijectors import BlockRealNVP, CirculantLinear
+from deeprg.flows.bijectors import BlockRealNVP, CirculantLinear, OddMonotone
 from deeprg.lattice import Lattice
 
 __all__ = ["ARCHITECTURES", "Hierarchy", "LayerSpec", "layer_specs"]
@@ -119,6 +125,7 @@ class Hierarchy(nn.Module):
     depth: number of layers for ``'tebd'``.
     n_couplings, hidden, shared, s_max: passed to every :class:`BlockRealNVP`.
     linear: add a :class:`CirculantLinear` map at the physical end.
+    elementwise: add an :class:`OddMonotone` site-wise map (inside the linear map, if any).
     """
 
     def __init__(
@@ -131,6 +138,7 @@ class Hierarchy(nn.Module):
         shared: bool = True,
         s_max: float = 2.0,
         linear: bool = False,
+        elementwise: bool = False,
     ) -> None:
         super().__init__()
         self.lattice, self.arch = lattice, arch
@@ -140,6 +148,7 @@ class Hierarchy(nn.Module):
             BlockRealNVP(k, len(s.blocks), n_couplings, tuple(hidden), shared, s_max) for s in self.specs
         )
         self.linear = CirculantLinear(lattice.shape) if linear else None
+        self.elementwise = OddMonotone() if elementwise else None
         for i, spec in enumerate(self.specs):
             self.register_buffer(f"_index{i}", torch.as_tensor(spec.blocks, dtype=torch.long), persistent=False)
 
@@ -153,8 +162,10 @@ class Hierarchy(nn.Module):
     def renormalize(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Physical field ``x`` -> latent field ``z`` and ``log|det dz/dx|``."""
         logdet = x.new_zeros(x.shape[0])
-        if self.linear is not None:
-            x, logdet = self.linear.renormalize(x)
+        for bijector in (self.linear, self.elementwise):
+            if bijector is not None:
+                x, ld = bijector.renormalize(x)
+                logdet = logdet + ld
         h = x.reshape(x.shape[0], -1)
         for layer, index in zip(self.layers, self._indices()):
             h, ld = self._apply_layer(layer, index, h, "renormalize")
@@ -169,9 +180,10 @@ class Hierarchy(nn.Module):
             h, ld = self._apply_layer(layer, index, h, "generate")
             logdet = logdet + ld
         x = h.reshape(z.shape)
-        if self.linear is not None:
-            x, ld = self.linear.generate(x)
-            logdet = logdet + ld
+        for bijector in (self.elementwise, self.linear):
+            if bijector is not None:
+                x, ld = bijector.generate(x)
+                logdet = logdet + ld
         return x, logdet
 
     def latent_scale(self) -> np.ndarray:

@@ -29,7 +29,8 @@ from deeprg.lattice import Lattice
 from deeprg.mc.stats import Estimate
 from deeprg.models.ising import parse_coupling
 from deeprg.models.relaxed import RelaxedIsing
-from deeprg.runs import atomic_path
+from deeprg.runs import CheckpointMismatch, config_mismatch, run_provenance, save_checkpoint, write_json
+from deeprg.runs import load_checkpoint as _load_checkpoint
 
 __all__ = [
     "RUN_FORMAT",
@@ -39,18 +40,31 @@ __all__ = [
     "Trainer",
     "load_run",
     "variational_free_energy",
+    "write_run_config",
 ]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 #: Config keys that define the model; a checkpoint is usable only if they all agree.
 MODEL_KEYS = ("L", "d", "beta", "min_eigenvalue", "arch", "depth", "n_couplings", "hidden", "shared",
-              "s_max", "linear", "symmetrize", "dtype")
+              "s_max", "linear", "elementwise", "symmetrize", "dtype")
+#: Format of a checkpoint file.
+CHECKPOINT_FORMAT = "deeprg.flow-checkpoint/1"
+#: Format of a run directory's ``config.json``; bump when a run can no longer be reloaded.
+RUN_FORMAT = "deeprg.flow-run/3"
+#: File names inside a run directory.
+CONFIG_NAME, CHECKPOINT_NAME = "config.json", "checkpoint.pt"
 
 
 @dataclass
 class FlowTrainConfig:
-    """Everything that defines a training run (defaults: the package's main job)."""
+    """Everything that defines a training run (defaults: the package's main job).
+
+    ``elementwise`` adds the site-wise odd monotone map (:class:`~deeprg.flows.bijectors.OddMonotone`),
+    which starts bent towards two-peaked single-site marginals, as the relaxed Ising field has; turn
+    it off for a single-peaked target (a correlated Gaussian reaches 1.9e-2 relative error with it
+    and 1.4e-4 without it in the same 300 steps).
+    """
 
     L: int = 8
     d: int = 2
@@ -63,6 +77,7 @@ class FlowTrainConfig:
     shared: bool = True
     s_max: float = 2.0
     linear: bool = True
+    elementwise: bool = True
     symmetrize: bool = True
     steps: int = 1000
     batch: int = 256
@@ -91,6 +106,7 @@ class FlowTrainConfig:
         need(all(isinstance(h, int) and h >= 1 for h in self.hidden), "hidden", "a list of integers >= 1")
         need(self.s_max > 0, "s_max", "> 0")
         need(isinstance(self.linear, bool), "linear", "true or false")
+        need(isinstance(self.elementwise, bool), "elementwise", "true or false")
         need(self.min_eigenvalue > 0, "min_eigenvalue", "> 0")
         need(isinstance(self.steps, int) and self.steps >= 1, "steps", "an integer >= 1")
         need(isinstance(self.batch, int) and self.batch >= 2, "batch", "an integer >= 2")
@@ -122,10 +138,6 @@ class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss or gradient."""
 
 
-class CheckpointMismatch(ValueError):
-    """A checkpoint from another architecture, lattice or target."""
-
-
 def build_target(cfg: FlowTrainConfig) -> RelaxedIsing:
     return RelaxedIsing(Lattice.square(cfg.L, cfg.d), cfg.beta, min_eigenvalue=cfg.min_eigenvalue)
 
@@ -133,7 +145,7 @@ def build_target(cfg: FlowTrainConfig) -> RelaxedIsing:
 def build_flow(cfg: FlowTrainConfig) -> Flow:
     hierarchy = Hierarchy(
         Lattice.square(cfg.L, cfg.d), cfg.arch, cfg.depth, cfg.n_couplings, tuple(cfg.hidden),
-        cfg.shared, cfg.s_max, cfg.linear,
+        cfg.shared, cfg.s_max, cfg.linear, cfg.elementwise,
     )
     return Flow(hierarchy, cfg.symmetrize)
 
@@ -250,7 +262,7 @@ class Trainer:
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "format": "deeprg.flow-checkpoint/1",
+            "format": CHECKPOINT_FORMAT,
             "config": json.dumps(self.cfg.to_dict()),
             "flow": self.flow.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -263,16 +275,14 @@ class Trainer:
 
     def save(self, path: str | Path) -> None:
         """Write the checkpoint atomically (tensors and plain containers only)."""
-        with atomic_path(path) as tmp:
-            torch.save(self.state_dict(), tmp)
+        save_checkpoint(path, self.state_dict())
 
     def load(self, path: str | Path) -> None:
         """Restore the state saved by :meth:`save`; the model-defining config must match."""
         state = load_checkpoint(path)
         saved = FlowTrainConfig(**json.loads(state["config"]))
-        differ = [k for k in MODEL_KEYS if getattr(saved, k) != getattr(self.cfg, k)]
-        if differ:
-            detail = ", ".join(f"{k}: checkpoint {getattr(saved, k)!r} vs {getattr(self.cfg, k)!r}" for k in differ)
+        detail = config_mismatch(saved.model_dict(), self.cfg.model_dict(), MODEL_KEYS)
+        if detail:
             raise CheckpointMismatch(f"checkpoint {str(path)!r} is for another model ({detail})")
         self.flow.load_state_dict(state["flow"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -285,26 +295,23 @@ class Trainer:
 
 def load_checkpoint(path: str | Path) -> dict:
     """Load a flow checkpoint without executing code (``weights_only=True``)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointMismatch(f"checkpoint {str(path)!r} does not exist") from None
-    except Exception as err:  # corrupt or foreign file
-        raise CheckpointMismatch(f"{str(path)!r} is not a readable deeprg flow checkpoint ({err})") from None
-    if not isinstance(state, dict) or state.get("format") != "deeprg.flow-checkpoint/1":
-        raise CheckpointMismatch(f"{str(path)!r} is not a deeprg flow checkpoint")
-    return state
+    return _load_checkpoint(path, CHECKPOINT_FORMAT, "flow")
 
 
-#: Format of a run directory's ``config.json``; bump when a run can no longer be reloaded.
-RUN_FORMAT = "deeprg.flow-run/2"
+
+
+def write_run_config(run_dir: str | Path, cfg: FlowTrainConfig, **extra) -> None:
+    """Write ``run_dir/config.json`` (the directory must exist): the run format, the resolved
+    config, provenance (deeprg version, git revision, time) and ``extra`` keys; :func:`load_run`
+    reads it back together with ``run_dir/checkpoint.pt`` (:meth:`Trainer.save`)."""
+    write_json(Path(run_dir) / CONFIG_NAME, {"format": RUN_FORMAT, **cfg.to_dict(), **run_provenance(), **extra})
 
 
 def load_run(run_dir: str | Path, device: str | None = None, threads: int | None = None) -> Trainer:
     """The trainer of a run directory written by ``deeprg flow train``, restored from its
     checkpoint. Raises :class:`CheckpointMismatch` naming what is missing or incompatible."""
     run_dir = Path(run_dir)
-    config_path, checkpoint = run_dir / "config.json", run_dir / "checkpoint.pt"
+    config_path, checkpoint = run_dir / CONFIG_NAME, run_dir / CHECKPOINT_NAME
     if not run_dir.is_dir():
         raise CheckpointMismatch(f"run directory {str(run_dir)!r} does not exist")
     for path in (config_path, checkpoint):

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from deeprg.rsrg.rbm import check_filter, coupling_matrix, filter_gradient, free_energy, sample_spins
-from deeprg.runs import atomic_path
+from deeprg.runs import CheckpointMismatch, config_mismatch, save_checkpoint
+from deeprg.runs import load_checkpoint as _load_checkpoint
 
 __all__ = [
     "CHANGEABLE_KEYS",
@@ -120,10 +121,6 @@ class RBMTrainConfig:
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss."""
-
-
-class CheckpointMismatch(ValueError):
-    """A checkpoint or run directory that is missing, unreadable or for another model or data."""
 
 
 def learning_rate(cfg: RBMTrainConfig, epochs_done: float) -> float:
@@ -311,18 +308,16 @@ class Trainer:
 
     def save(self, path: str | Path) -> None:
         """Write the checkpoint atomically (tensors and plain containers only)."""
-        with atomic_path(path) as tmp:
-            torch.save(self.state_dict(), tmp)
+        save_checkpoint(path, self.state_dict())
 
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint of the same run: same data and same config except
         :data:`CHANGEABLE_KEYS` (e.g. more epochs)."""
         state = load_checkpoint(path)
         saved = _config_from_json(state["config"], path)
-        differ = [f.name for f in dataclasses.fields(RBMTrainConfig)
-                  if f.name not in CHANGEABLE_KEYS and getattr(saved, f.name) != getattr(self.cfg, f.name)]
-        if differ:
-            detail = ", ".join(f"{k}: checkpoint {getattr(saved, k)!r} vs {getattr(self.cfg, k)!r}" for k in differ)
+        keys = [f.name for f in dataclasses.fields(RBMTrainConfig) if f.name not in CHANGEABLE_KEYS]
+        detail = config_mismatch(saved.to_dict(), self.cfg.to_dict(), keys)
+        if detail:
             raise CheckpointMismatch(f"checkpoint {str(path)!r} is for another run ({detail})")
         data = json.loads(state["data"])
         if data != self.data_info:
@@ -351,15 +346,7 @@ def _config_from_json(text: str, path: str | Path) -> RBMTrainConfig:
 
 def load_checkpoint(path: str | Path) -> dict:
     """Load an RBM checkpoint without executing code (``weights_only=True``)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointMismatch(f"checkpoint {str(path)!r} does not exist") from None
-    except Exception as err:  # corrupt or foreign file
-        raise CheckpointMismatch(f"{str(path)!r} is not a readable deeprg RBM checkpoint ({err})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointMismatch(f"{str(path)!r} is not a deeprg RBM checkpoint")
-    return state
+    return _load_checkpoint(path, CHECKPOINT_FORMAT, "RBM")
 
 
 def load_filters(run_dir: str | Path) -> tuple[RBMTrainConfig, np.ndarray, list[dict]]:
