@@ -292,6 +292,11 @@ def _chain_summary(series: dict, acceptance: float, seconds: float) -> tuple[dic
     }, stats
 
 
+def _print_estimates(stats: dict) -> None:
+    for name, est in stats.items():
+        print(f"  {name:18s} {str(est):>14s}   tau_int {est.tau_int:.2f} steps")
+
+
 def _hmc_summary(result, seconds: float) -> tuple[dict, dict]:
     summary, stats = _chain_summary(result.series, result.acceptance_rate, seconds)
     return {**summary, "step_size": result.step_size, "leapfrog": result.n_leapfrog}, stats
@@ -312,8 +317,7 @@ def run_mh(args: argparse.Namespace) -> int:
         return 0
     print(f"independence Metropolis-Hastings (flow proposal): {args.chains} chains x {args.steps} steps, "
           f"acceptance {summary['acceptance']:.3f}, {summary['seconds']:.1f} s")
-    for name, est in stats.items():
-        print(f"  {name:18s} {str(est):>14s}   tau_int {est.tau_int:.2f} steps")
+    _print_estimates(stats)
     return 0
 
 
@@ -367,8 +371,7 @@ def run_hmc(args: argparse.Namespace) -> int:
         r = results[space]
         print(f"HMC in the {space} space: {args.chains} chains x {args.steps} steps, acceptance "
               f"{r.acceptance_rate:.3f}, step size {r.step_size:.3g} x {r.n_leapfrog}, {summ['seconds']:.1f} s")
-        for name, est in estimates[space].items():
-            print(f"  {name:18s} {str(est):>14s}   tau_int {est.tau_int:.2f} steps")
+        _print_estimates(estimates[space])
     if reference is not None:
         for name, est in reference.items():
             print(f"  reference {name:18s} {str(est)}" + ("  (exact)" if est.error == 0 else "  (Wolff Monte Carlo)"))
