@@ -31,6 +31,18 @@ def test_estimate_reports_ln_z_with_error_and_ess(cli, run_dir):
     assert s["exact_ln_z"] == pytest.approx(37.377, abs=1e-3)
     # the bound: -F_q <= ln Z, and the importance estimate is unbiased (loose: few samples)
     assert -s["variational_free_energy"]["mean"] <= s["exact_ln_z"] + 4 * s["variational_free_energy"]["error"]
+    assert s["method"] == "importance" and 0 < s["structure_factor"]["mean"] < 1
+    assert -2 < s["energy_per_site"]["mean"] < 0 and s["energy_per_site"]["error"] > 0
+
+
+def test_estimate_with_annealing_reports_acceptance_and_reweighted_observables(cli, run_dir):
+    status, out, _ = cli("flow", "estimate", run_dir, "--samples", "64", "--anneal", "4", "--leapfrog", "2",
+                         "--json", "--quiet")
+    assert status == 0
+    s = json.loads(out)
+    assert s["method"] == "annealed" and s["temperatures"] == 4 and s["samples"] == 64
+    assert 0 < s["acceptance"] <= 1 and s["ln_z"]["error"] > 0
+    assert set(s["structure_factor"]) == {"mean", "error"}
 
 
 def test_sample_writes_fields_spins_and_picture(cli, run_dir, tmp_path):
@@ -104,6 +116,7 @@ def test_run_directory_from_an_incompatible_version_exits_2(cli, run_dir):
 
 @pytest.mark.parametrize("argv, needle", [(["hmc", "--steps", "0"], "--steps"), (["hmc", "--chains", "0"], "--chains"),
                                           (["estimate", "--samples", "24"], "--samples"),
+                                          (["estimate", "--anneal", "0"], "--anneal"),
                                           (["mh", "--steps", "0"], "--steps"), (["mh", "--warmup", "-1"], "--warmup")])
 def test_bad_numbers_exit_2(cli, run_dir, argv, needle):
     status, _, err = cli("flow", argv[0], run_dir, *argv[1:])

@@ -3,7 +3,9 @@
 * :func:`importance_ln_z` - ``ln Z = ln E_q[pi(x) / q(x)]`` (Li & Wang Eq. 6), estimated by the
   log-mean-exp of the weights over fresh flow samples, with a delta-method error bar, the
   effective sample size ``(sum w)^2 / sum w^2`` and the Pareto tail index of the weights
-  (:func:`pareto_k`), which says whether the error bar can be trusted.
+  (:func:`pareto_k`), which says whether the error bar can be trusted; observables reweighted to
+  ``pi`` (:func:`weighted_estimate`, shared with the annealed estimator of
+  :mod:`deeprg.flows.annealing`).
 * :func:`latent_log_prob` - the renormalized log-density of the latents, ``ln pi(g(z)) +
   ln|det dg/dz|`` (the integrand of Eq. 6 up to ``ln p(z)`` terms that cancel): HMC on it samples
   ``x = g(z) ~ pi`` exactly, whatever the quality of the flow.
@@ -37,6 +39,7 @@ __all__ = [
     "ising_observables",
     "latent_log_prob",
     "pareto_k",
+    "weighted_estimate",
 ]
 
 
@@ -48,11 +51,13 @@ MAX_RELIABLE_PARETO_K = 0.7
 
 
 class ImportanceEstimate(NamedTuple):
-    """``ln_z`` (with its delta-method error), ``ess_fraction = ESS / n`` and ``pareto_k``."""
+    """``ln_z`` (with its delta-method error), ``ess_fraction = ESS / n``, ``pareto_k`` and the
+    self-normalized reweighted ``observables`` (name -> :class:`~deeprg.mc.stats.Estimate`)."""
 
     ln_z: Estimate
     ess_fraction: float
     pareto_k: float
+    observables: dict[str, Estimate]
 
 
 def pareto_k(log_w: Tensor) -> float:
@@ -73,45 +78,68 @@ def pareto_k(log_w: Tensor) -> float:
     return float(shape)
 
 
-@torch.no_grad()
-def _log_weights(flow: Flow, target, n: int, batch: int, generator) -> Tensor:
-    out = []
-    for start in range(0, n, batch):
-        x, log_q = flow.sample_and_log_prob(min(batch, n - start), generator)
-        out.append((target.log_prob_unnormalized(x) - log_q).double().cpu())
-    return torch.cat(out)
+def weighted_estimate(log_w: Tensor, values: dict[str, Tensor] | None = None) -> ImportanceEstimate:
+    """Estimates from ``n`` independent log importance weights ``log_w`` ``(n,)`` of samples whose
+    observables are ``values`` (name -> ``(n,)``).
 
+    * ``ln Z = ln mean(w)`` with the delta-method error ``sqrt(Var(w) / n) / mean(w)``;
+    * ``ESS / n = (sum w)^2 / (n sum w^2)`` and the tail index :func:`pareto_k`;
+    * ``<O> = sum w O / sum w`` (self-normalized) with the delta-method error
+      ``sqrt(sum w^2 (O - <O>)^2) / sum w``.
 
-def importance_ln_z(
-    flow: Flow, target, n_samples: int, batch: int = 4096, generator: torch.Generator | None = None
-) -> ImportanceEstimate:
-    """Importance-weighted ``ln Z``, the effective-sample-size fraction ``ESS / n`` and the Pareto
-    tail index of the weights (:func:`pareto_k`).
-
-    The error is the delta-method standard error ``sqrt(Var(w) / n) / mean(w)`` of
-    ``ln mean(w)``; it is reliable only when the weights are not heavy-tailed. A flow trained by the
-    reverse KL under-covers parts of ``pi``, so they often are: with fewer than
+    The error bars hold only when the weights are not heavy-tailed: with fewer than
     :data:`MIN_RELIABLE_ESS` effective samples or a tail index above :data:`MAX_RELIABLE_PARETO_K`
-    a warning says that the error bar is unreliable and the estimate likely biased low.
+    a warning says so (a reverse-KL flow under-covers parts of ``pi``: ln Z is then likely low).
     """
-    if n_samples < 25:
-        raise ValueError(f"n_samples must be >= 25, got {n_samples}")
-    log_w = _log_weights(flow, target, n_samples, batch, generator)
+    log_w = log_w.double().cpu()
+    n = len(log_w)
+    if n < 25:
+        raise ValueError(f"need at least 25 weights, got {n}")
     if not torch.isfinite(log_w).all():
         raise FloatingPointError("non-finite importance weights: the flow or the target returned inf/nan")
     shift = log_w.max()
     w = torch.exp(log_w - shift)
     mean = w.mean()
-    ln_z = float(shift + torch.log(mean))
-    error = float(w.std() / math.sqrt(n_samples) / mean)
-    ess_fraction = float(w.sum() ** 2 / (w * w).sum() / n_samples)
+    ess_fraction = float(w.sum() ** 2 / (w * w).sum() / n)
     k = pareto_k(log_w)
-    if ess_fraction * n_samples < MIN_RELIABLE_ESS or k > MAX_RELIABLE_PARETO_K:
+    if ess_fraction * n < MIN_RELIABLE_ESS or k > MAX_RELIABLE_PARETO_K:
         warnings.warn(
-            f"importance weights are heavy-tailed (effective sample size {ess_fraction * n_samples:.0f} of "
-            f"{n_samples}, Pareto tail index {k:.2f}): the ln Z error bar is unreliable and ln Z is likely "
-            "biased low", stacklevel=2)
-    return ImportanceEstimate(Estimate(ln_z, error, float(log_w.var()), 0.5, n_samples), ess_fraction, k)
+            f"importance weights are heavy-tailed (effective sample size {ess_fraction * n:.0f} of {n}, Pareto "
+            f"tail index {k:.2f}): the error bars are unreliable and ln Z is likely biased low", stacklevel=2)
+    observables = {}
+    for name, o in (values or {}).items():
+        o = o.double().cpu()
+        if o.shape != w.shape:
+            raise ValueError(f"values[{name!r}] has shape {tuple(o.shape)}, expected {tuple(w.shape)}")
+        avg = float((w * o).sum() / w.sum())
+        error = float(torch.sqrt((w * w * (o - avg) ** 2).sum()) / w.sum())
+        observables[name] = Estimate(avg, error, float(o.var()), math.nan, n)
+    ln_z = Estimate(float(shift + torch.log(mean)), float(w.std() / math.sqrt(n) / mean), float(log_w.var()), 0.5, n)
+    return ImportanceEstimate(ln_z, ess_fraction, k, observables)
+
+
+@torch.no_grad()
+def importance_ln_z(
+    flow: Flow,
+    target,
+    n_samples: int,
+    batch: int = 4096,
+    generator: torch.Generator | None = None,
+    observables: dict[str, Callable[[Tensor], Tensor]] | None = None,
+) -> ImportanceEstimate:
+    """Importance sampling with ``n_samples`` fresh flow samples: ``ln Z``, the weights' ESS and
+    tail index, and the reweighted ``observables`` (name -> function of fields
+    ``(batch, *event_shape) -> (batch,)``); see :func:`weighted_estimate`."""
+    if n_samples < 25:
+        raise ValueError(f"n_samples must be >= 25, got {n_samples}")
+    observables = dict(observables or {})
+    log_w, values = [], {k: [] for k in observables}
+    for start in range(0, n_samples, batch):
+        x, log_q = flow.sample_and_log_prob(min(batch, n_samples - start), generator)
+        log_w.append((target.log_prob_unnormalized(x) - log_q).double().cpu())
+        for name, fn in observables.items():
+            values[name].append(fn(x).double().cpu())
+    return weighted_estimate(torch.cat(log_w), {k: torch.cat(v) for k, v in values.items()})
 
 
 def latent_log_prob(flow: Flow, target) -> Callable[[Tensor], Tensor]:

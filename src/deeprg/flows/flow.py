@@ -56,16 +56,22 @@ class Flow(nn.Module):
         both = self._base_log_prob(torch.cat([x, -x]))
         return torch.logaddexp(*both.chunk(2)) - math.log(2.0)
 
+    def generate_with_log_prob(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Fields ``x = g(z)`` of latent fields ``z`` and the flow's ``ln q(x)`` (of the symmetrized
+        density if ``symmetrize``), differentiable in ``z`` and in the parameters; shapes
+        ``(batch, *event_shape)`` and ``(batch,)``. No random sign is applied."""
+        x, logdet = self.hierarchy.generate(z)
+        log_q = self.log_prior(z) - logdet
+        if self.symmetrize:
+            log_q = torch.logaddexp(log_q, self._base_log_prob(-x)) - math.log(2.0)
+        return x, log_q
+
     def sample_and_log_prob(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """``n`` fields ``x ~ q`` and their ``ln q(x)``, differentiable in the parameters
         (reparametrization); shapes ``(n, *event_shape)`` and ``(n,)``."""
-        z = self.sample_latent(n, generator)
-        x, logdet = self.hierarchy.generate(z)
-        log_q = self.log_prior(z) - logdet
+        x, log_q = self.generate_with_log_prob(self.sample_latent(n, generator))
         if not self.symmetrize:
             return x, log_q
-        log_q_flipped = self._base_log_prob(-x)
-        log_q = torch.logaddexp(log_q, log_q_flipped) - math.log(2.0)
         ref = self._reference()
         sign = torch.randint(0, 2, (n,), generator=generator, device=ref.device).to(x.dtype) * 2 - 1
         return x * sign.reshape((n,) + (1,) * len(self.event_shape)), log_q

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["HMCDivergence", "HMCResult", "hmc"]
+__all__ = ["HMCDivergence", "HMCResult", "hmc", "kinetic", "leapfrog", "log_prob_and_grad", "metropolis_accept"]
 
 
 class HMCDivergence(RuntimeError):
@@ -52,7 +52,8 @@ class HMCResult:
         return float(self.acceptance.mean())
 
 
-def _log_prob_and_grad(log_prob: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+def log_prob_and_grad(log_prob: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+    """``log_prob(x)`` ``(chains,)`` and its gradient in ``x``, both detached."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         lp = log_prob(x)
@@ -60,15 +61,37 @@ def _log_prob_and_grad(log_prob: Callable[[Tensor], Tensor], x: Tensor) -> tuple
     return lp.detach(), grad.detach()
 
 
-def _leapfrog(log_prob, x, p, grad, step_size: float, n_leapfrog: int):
+def leapfrog(value_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, p: Tensor, grad: Tensor,
+             step_size: float, n_leapfrog: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``n_leapfrog`` leapfrog steps of ``H = -ln pi(x) + |p|^2 / 2`` from ``(x, p)``, where ``grad``
+    is the gradient of ``ln pi`` at ``x`` and ``value_and_grad(x) -> (ln pi(x), grad)``. Returns the
+    end point ``(x, p, ln pi(x), grad)``; ``value_and_grad`` is called last at that end point."""
     p = p + 0.5 * step_size * grad
     for i in range(n_leapfrog):
         x = x + step_size * p
-        lp, grad = _log_prob_and_grad(log_prob, x)
+        lp, grad = value_and_grad(x)
         if i < n_leapfrog - 1:
             p = p + step_size * grad
     p = p + 0.5 * step_size * grad
     return x, p, lp, grad
+
+
+def kinetic(p: Tensor) -> Tensor:
+    """``|p|^2 / 2`` per chain of momenta ``(chains, *event)``."""
+    return 0.5 * p.reshape(p.shape[0], -1).pow(2).sum(1)
+
+
+def metropolis_accept(h_old: Tensor, h_new: Tensor, x_new: Tensor, generator: torch.Generator | None
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+    """Accept decisions ``(chains,)`` for proposals of energy ``h_new`` from states of energy
+    ``h_old``, the acceptance probabilities ``min(1, exp(h_old - h_new))`` and which proposals are
+    finite: one whose energy or coordinates ``x_new`` are not has probability 0."""
+    chains = h_new.shape[0]
+    finite = torch.isfinite(h_new) & torch.isfinite(x_new.reshape(chains, -1)).all(1)
+    log_ratio = torch.where(finite, h_old - h_new, torch.full_like(h_new, -math.inf))
+    accept_prob = log_ratio.clamp(max=0.0).exp()
+    u = torch.rand(chains, generator=generator, device=h_new.device, dtype=h_new.dtype)
+    return finite & (u < accept_prob), accept_prob, finite
 
 
 class _DualAveraging:
@@ -137,7 +160,11 @@ def hmc(
     observables = dict(observables or {})
     x = x0.detach().clone()
     chains = x.shape[0]
-    lp, grad = _log_prob_and_grad(log_prob, x)
+
+    def value_and_grad(v: Tensor) -> tuple[Tensor, Tensor]:
+        return log_prob_and_grad(log_prob, v)
+
+    lp, grad = value_and_grad(x)
     if not torch.isfinite(lp).all():
         raise ValueError("log_prob of the starting point is not finite for every chain")
     adapt = _DualAveraging(step_size, target_acceptance) if warmup > 0 else None
@@ -148,17 +175,12 @@ def hmc(
     n_bad = 0
     for step in range(warmup + n_steps):
         p = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        h_old = -lp + 0.5 * p.reshape(chains, -1).pow(2).sum(1)
+        h_old = -lp + kinetic(p)
         u_eps = float(torch.rand((), generator=generator, device=x.device, dtype=torch.float64))
         eps_now = eps * (1.0 + jitter * (2.0 * u_eps - 1.0))
-        x_new, p_new, lp_new, grad_new = _leapfrog(log_prob, x, p, grad, eps_now, n_leapfrog)
-        h_new = -lp_new + 0.5 * p_new.reshape(chains, -1).pow(2).sum(1)
-        finite = torch.isfinite(h_new) & torch.isfinite(x_new.reshape(chains, -1)).all(1)
+        x_new, p_new, lp_new, grad_new = leapfrog(value_and_grad, x, p, grad, eps_now, n_leapfrog)
+        accept, accept_prob, finite = metropolis_accept(h_old, -lp_new + kinetic(p_new), x_new, generator)
         n_bad += int((~finite).sum())
-        log_ratio = torch.where(finite, h_old - h_new, torch.full_like(h_new, -math.inf))
-        accept_prob = log_ratio.clamp(max=0.0).exp()
-        u = torch.rand(chains, generator=generator, device=x.device, dtype=x.dtype)
-        accept = finite & (u < accept_prob)
         shape = (chains,) + (1,) * (x.dim() - 1)
         x = torch.where(accept.reshape(shape), x_new, x)
         lp = torch.where(accept, lp_new, lp)
