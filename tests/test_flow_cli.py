@@ -10,7 +10,7 @@ torch.set_num_threads(1)
 
 # The smoke runs here are far too short for reliable autocorrelation times; that warning is expected.
 pytestmark = [pytest.mark.filterwarnings("ignore:chain length"), pytest.mark.filterwarnings("ignore:no Sokal window"),
-              pytest.mark.filterwarnings("ignore:importance weights are heavy-tailed")]
+              pytest.mark.filterwarnings("ignore:importance weights")]
 
 
 @pytest.fixture

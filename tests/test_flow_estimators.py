@@ -2,6 +2,7 @@
 independence MH, latent HMC."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -9,7 +10,13 @@ import torch
 from deeprg import Lattice
 from deeprg.flows import Flow, Hierarchy
 from deeprg.flows.annealing import annealed_importance_sampling, ladder
-from deeprg.flows.estimators import importance_ln_z, independence_metropolis, latent_log_prob, pareto_k
+from deeprg.flows.estimators import (
+    importance_ln_z,
+    independence_metropolis,
+    latent_log_prob,
+    pareto_k,
+    weighted_estimate,
+)
 from deeprg.mc.hmc import hmc
 from deeprg.mc.stats import estimate
 from deeprg.models.enumeration import Enumeration
@@ -66,6 +73,17 @@ def test_importance_ln_z_warns_when_the_weights_are_heavy_tailed():
     assert result.pareto_k > 0.7
 
 
+def test_weighted_estimate_rejects_bad_weights_and_values():
+    log_w = torch.zeros(100, dtype=torch.float64)
+    with pytest.raises(ValueError, match="at least 25"):
+        weighted_estimate(log_w[:24])
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        weighted_estimate(torch.cat([log_w[:99], torch.tensor([math.nan], dtype=torch.float64)]))
+    with pytest.raises(ValueError, match="values\\['S'\\] has shape"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # raised before any warning
+        weighted_estimate(log_w, {"S": torch.zeros(99)})
+
+
 @pytest.mark.parametrize("k", [0.2, 0.5, 0.8])
 def test_pareto_k_recovers_the_tail_index_of_pareto_weights(k):
     """Weights w = U^-k (U uniform) have a Pareto tail of index k exactly."""
@@ -120,7 +138,7 @@ def test_ladder_runs_from_0_to_1_and_is_denser_near_1():
     assert steps[-1] < steps[0] / 100
 
 
-@pytest.mark.filterwarnings("ignore:importance weights are heavy-tailed")  # 200 samples < 200 effective
+@pytest.mark.filterwarnings("ignore:importance weights give only")  # 200 samples < 200 effective
 def test_one_temperature_is_plain_importance_sampling():
     flow = make_flow((4, 4), perturb=0.02)
     target = GaussianTarget.lattice_correlated(Lattice((4, 4)), c=0.1)
@@ -131,7 +149,7 @@ def test_one_temperature_is_plain_importance_sampling():
     assert len(ais.acceptance) == 0
 
 
-@pytest.mark.filterwarnings("ignore:importance weights are heavy-tailed")
+@pytest.mark.filterwarnings("ignore:importance weights")
 def test_annealing_is_unbiased_where_the_importance_weights_are_heavy_tailed():
     """N(0, 1) proposal, target N(0, 4) in 4 dimensions: the plain weights have tail index 3/4,
     so their ln Z is many sigma low; 50 temperatures of annealing make them light-tailed and exact."""

@@ -95,6 +95,10 @@ def weighted_estimate(log_w: Tensor, values: dict[str, Tensor] | None = None) ->
     n = len(log_w)
     if n < 25:
         raise ValueError(f"need at least 25 weights, got {n}")
+    values = {name: o.double().cpu() for name, o in (values or {}).items()}
+    for name, o in values.items():
+        if o.shape != log_w.shape:
+            raise ValueError(f"values[{name!r}] has shape {tuple(o.shape)}, expected {tuple(log_w.shape)}")
     if not torch.isfinite(log_w).all():
         raise FloatingPointError("non-finite importance weights: the flow or the target returned inf/nan")
     shift = log_w.max()
@@ -102,15 +106,17 @@ def weighted_estimate(log_w: Tensor, values: dict[str, Tensor] | None = None) ->
     mean = w.mean()
     ess_fraction = float(w.sum() ** 2 / (w * w).sum() / n)
     k = pareto_k(log_w)
-    if ess_fraction * n < MIN_RELIABLE_ESS or k > MAX_RELIABLE_PARETO_K:
+    if k > MAX_RELIABLE_PARETO_K:
         warnings.warn(
-            f"importance weights are heavy-tailed (effective sample size {ess_fraction * n:.0f} of {n}, Pareto "
-            f"tail index {k:.2f}): the error bars are unreliable and ln Z is likely biased low", stacklevel=2)
+            f"importance weights are heavy-tailed (Pareto tail index {k:.2f}, effective sample size "
+            f"{ess_fraction * n:.0f} of {n}): the error bars are unreliable and ln Z is likely biased low",
+            stacklevel=2)
+    elif ess_fraction * n < MIN_RELIABLE_ESS:
+        warnings.warn(
+            f"importance weights give only {ess_fraction * n:.0f} effective samples of {n} (fewer than "
+            f"{MIN_RELIABLE_ESS}): the error bars are unreliable", stacklevel=2)
     observables = {}
-    for name, o in (values or {}).items():
-        o = o.double().cpu()
-        if o.shape != w.shape:
-            raise ValueError(f"values[{name!r}] has shape {tuple(o.shape)}, expected {tuple(w.shape)}")
+    for name, o in values.items():
         avg = float((w * o).sum() / w.sum())
         error = float(torch.sqrt((w * w * (o - avg) ** 2).sum()) / w.sum())
         observables[name] = Estimate(avg, error, float(o.var()), math.nan, n)
