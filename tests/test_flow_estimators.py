@@ -169,11 +169,14 @@ def test_reweighted_observables_of_annealed_samples_are_exact():
     """<x_0^2> of the wide Gaussian from the annealed, reweighted samples equals its variance, 4."""
     flow = make_flow((2, 2))
     target = GaussianTarget((2, 2), precision=torch.eye(4, dtype=torch.float64) / 4.0)
+    calls = []
     res = annealed_importance_sampling(flow, target, 1000, n_temperatures=50, n_leapfrog=3,
                                        observables={"x0^2": lambda x: x[:, 0, 0] ** 2},
-                                       generator=torch.Generator().manual_seed(1))
+                                       generator=torch.Generator().manual_seed(1),
+                                       callback=lambda done, total: calls.append((done, total)))
     o = res.estimate.observables["x0^2"]
     assert abs(o.mean - 4.0) < 4 * o.error and o.error < 0.4
+    assert calls[-1] == (5 * 49, 5 * 49) and len(calls) == 5 * 49  # (4 batches of 256 + pilot) x 49 transitions
 
 
 @pytest.mark.parametrize("kwargs, needle", [({"n_temperatures": 0}, "n_temperatures"), ({"n_leapfrog": 0}, "n_leapfrog"),

@@ -47,7 +47,7 @@ from deeprg.flows.train import (
 )
 from deeprg.mc.hmc import HMCDivergence
 from deeprg.mc.reference import ising_reference
-from deeprg.mc.stats import estimate
+from deeprg.mc.stats import estimate, format_value_error
 from deeprg.plots import field_grid, hmc_traces, latent_energy, mutual_information_maps, training_curve
 from deeprg.runs import atomic_path, write_json
 
@@ -255,11 +255,16 @@ def run_estimate(args: argparse.Namespace) -> int:
     n = args.samples or (1000 if annealed else 100_000)
     t0 = time.perf_counter()
     if annealed:
-        with tqdm(total=n, disable=args.quiet, desc=f"annealing ({args.anneal} temperatures)", unit="sample",
+        with tqdm(disable=args.quiet, desc=f"annealing ({args.anneal} temperatures)", unit="transition",
                   file=sys.stderr, dynamic_ncols=True) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
             result = annealed_importance_sampling(flow, target, n, args.anneal, args.leapfrog,
                                                   observables=ising_observables(target, gen), generator=gen,
-                                                  callback=lambda done: bar.update(done - bar.n))
+                                                  callback=progress)
         est = result.estimate
     else:
         est = importance_ln_z(flow, target, n, generator=gen, observables=ising_observables(target, gen))
@@ -290,7 +295,7 @@ def run_estimate(args: argparse.Namespace) -> int:
     print(f"  ln Z = {est.ln_z}   (ESS fraction {est.ess_fraction:.3f}, Pareto tail index {est.pareto_k:.2f})")
     for name, o in est.observables.items():
         print(f"  {name:18s} {str(o):>14s}   (reweighted)")
-    print(f"variational bound  -F_q = {-bound.mean:.6f}({bound.error:.1g})")
+    print(f"variational bound  -F_q = {format_value_error(-bound.mean, bound.error)}")
     if exact is not None:
         print(f"exact              ln Z = {exact:.6f}   (deviation {(est.ln_z.mean - exact) / est.ln_z.error:+.1f} sigma)")
     return 0

@@ -88,10 +88,12 @@ def ladder(n_temperatures: int, power: float = 3.0) -> list[float]:
 
 
 def _anneal(path: _Path, z: Tensor, bs: list[float], n_leapfrog: int, step_sizes: list[float] | None,
-            target_acceptance: float, generator) -> tuple[Tensor, Tensor, list[float], list[float]]:
+            target_acceptance: float, generator, on_transition: Callable[[], None] | None = None
+            ) -> tuple[Tensor, Tensor, list[float], list[float]]:
     """One AIS pass over a batch along the inverse temperatures ``bs``. With ``step_sizes=None``
     the step size is adapted from each temperature's mean acceptance to the next (pilot run).
-    Returns ``(log_w, z_final, acceptance, step_sizes)``."""
+    ``on_transition()`` is called after every transition. Returns ``(log_w, z_final, acceptance,
+    step_sizes)``."""
     adapt = step_sizes is None
     eps, used, acceptance = INITIAL_STEP_SIZE, [], []
     path.evaluate(z)
@@ -116,6 +118,8 @@ def _anneal(path: _Path, z: Tensor, bs: list[float], n_leapfrog: int, step_sizes
         acceptance.append(float(prob.mean()))
         if adapt:
             eps *= math.exp(2.0 * (acceptance[-1] - target_acceptance))
+        if on_transition is not None:
+            on_transition()
     return log_w, z, acceptance, used
 
 
@@ -132,7 +136,7 @@ def annealed_importance_sampling(
     target_acceptance: float = 0.8,
     observables: dict[str, Callable[[Tensor], Tensor]] | None = None,
     generator: torch.Generator | None = None,
-    callback: Callable[[int], None] | None = None,
+    callback: Callable[[int, int], None] | None = None,
 ) -> AnnealedEstimate:
     """AIS estimate of ``ln Z`` from ``n_samples`` annealed flow samples (see the module docstring).
 
@@ -146,7 +150,8 @@ def annealed_importance_sampling(
     target_acceptance: acceptance the pilot run adapts the step sizes to, in (0, 1).
     observables: name -> function of fields ``(batch, *event_shape) -> (batch,)``, reweighted by the
         AIS weights (self-normalized).
-    callback: called with the number of samples done after every batch (e.g. a progress bar).
+    callback: called as ``callback(done, total)`` after every HMC transition of a batch (pilot
+        included), for a progress bar.
     """
     if n_samples < 25:
         raise ValueError(f"n_samples must be >= 25, got {n_samples}")
@@ -165,14 +170,22 @@ def annealed_importance_sampling(
         return target.log_prob_unnormalized(x) - log_q
 
     path, bs, step_sizes = _Path(log_weight), ladder(n_temperatures, power), None
+    done, total = 0, (-(-n_samples // batch) + 1) * (n_temperatures - 1)  # batches and pilot
+
+    def on_transition() -> None:
+        nonlocal done
+        done += 1
+        if callback is not None:
+            callback(done, total)
+
     if n_temperatures > 1:
         step_sizes = _anneal(path, flow.sample_latent(pilot, generator), bs, n_leapfrog, None,
-                             target_acceptance, generator)[3]
+                             target_acceptance, generator, on_transition)[3]
     log_ws, values, acceptance = [], {k: [] for k in observables}, []
     for start in range(0, n_samples, batch):
         path.b = 0.0
         z = flow.sample_latent(min(batch, n_samples - start), generator)
-        log_w, z, acc, _ = _anneal(path, z, bs, n_leapfrog, step_sizes, target_acceptance, generator)
+        log_w, z, acc, _ = _anneal(path, z, bs, n_leapfrog, step_sizes, target_acceptance, generator, on_transition)
         log_ws.append(log_w.cpu())
         acceptance.append(torch.tensor(acc, dtype=torch.float64) * len(log_w))
         if observables:
@@ -183,8 +196,6 @@ def annealed_importance_sampling(
                     x = x * sign.to(x.dtype).reshape((-1,) + (1,) * (x.dim() - 1))
                 for name, fn in observables.items():
                     values[name].append(fn(x).double().cpu())
-        if callback is not None:
-            callback(start + len(log_w))
     log_w = torch.cat(log_ws)
     estimate = weighted_estimate(log_w, {k: torch.cat(v) for k, v in values.items()})
     return AnnealedEstimate(
