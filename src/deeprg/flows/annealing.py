@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from deeprg.flows.estimators import ImportanceEstimate, weighted_estimate
-from deeprg.flows.flow import Flow
+from deeprg.flows.flow import Flow, random_global_sign
 from deeprg.mc.hmc import kinetic, leapfrog, log_prob_and_grad, metropolis_accept
 
 __all__ = ["AnnealedEstimate", "annealed_importance_sampling", "ladder"]
@@ -192,8 +192,7 @@ def annealed_importance_sampling(
             with torch.no_grad():
                 x = flow.hierarchy.generate(z)[0]
                 if flow.symmetrize:
-                    sign = torch.randint(0, 2, (len(x),), generator=generator, device=x.device) * 2 - 1
-                    x = x * sign.to(x.dtype).reshape((-1,) + (1,) * (x.dim() - 1))
+                    x = random_global_sign(x, generator)
                 for name, fn in observables.items():
                     values[name].append(fn(x).double().cpu())
     log_w = torch.cat(log_ws)

@@ -28,7 +28,7 @@ import scipy.stats
 import torch
 from torch import Tensor
 
-from deeprg.flows.flow import Flow
+from deeprg.flows.flow import Flow, random_global_sign
 from deeprg.mc.stats import Estimate
 
 __all__ = [
@@ -222,8 +222,7 @@ def ising_observables(target, generator: torch.Generator | None = None, random_s
 
     def spins(x: Tensor) -> Tensor:
         if random_sign:
-            sign = torch.randint(0, 2, (x.shape[0],), generator=generator, device=x.device) * 2 - 1
-            x = x * sign.to(x.dtype).reshape((-1,) + (1,) * (x.dim() - 1))
+            x = random_global_sign(x, generator)
         return target.sample_spins(x, generator).reshape(x.shape[0], -1).to(x.dtype)
 
     def structure_factor(x: Tensor) -> Tensor:

@@ -15,7 +15,13 @@ from torch import Tensor, nn
 
 from deeprg.flows.hierarchy import Hierarchy
 
-__all__ = ["Flow"]
+__all__ = ["Flow", "random_global_sign"]
+
+
+def random_global_sign(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``x`` ``(batch, ...)`` with the sign of each whole field flipped with probability 1/2."""
+    sign = torch.randint(0, 2, (x.shape[0],), generator=generator, device=x.device).to(x.dtype) * 2 - 1
+    return x * sign.reshape((-1,) + (1,) * (x.dim() - 1))
 
 
 class Flow(nn.Module):
@@ -72,9 +78,7 @@ class Flow(nn.Module):
         x, log_q = self.generate_with_log_prob(self.sample_latent(n, generator))
         if not self.symmetrize:
             return x, log_q
-        ref = self._reference()
-        sign = torch.randint(0, 2, (n,), generator=generator, device=ref.device).to(x.dtype) * 2 - 1
-        return x * sign.reshape((n,) + (1,) * len(self.event_shape)), log_q
+        return random_global_sign(x, generator), log_q
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
