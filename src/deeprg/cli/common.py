@@ -108,6 +108,45 @@ def writable_file(path: str, option: str) -> Path:
     return p
 
 
+def device(value: str) -> str:
+    """argparse type for ``--device``: ``cpu``, ``cuda`` or ``cuda:N`` where this torch has that CUDA
+    device (torch is imported only for a CUDA request)."""
+    v = value.strip().lower()
+    if v == "cpu":
+        return v
+    if v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{value!r} requested but this torch has no CUDA device; use cpu")
+        index = int(v[5:]) if ":" in v else 0
+        if index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{value!r}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 .. "
+                f"cuda:{torch.cuda.device_count() - 1}")
+        return v
+    raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {value!r}")
+
+
+def distinct_paths(**paths: str | Path | None) -> None:
+    """Refuse two of a command's files (inputs and outputs, keyed by option name, ``None``
+    skipped) that are one and the same file, so that no output overwrites another output or an
+    input of the same command."""
+    seen: dict[Path, str] = {}
+    for option, path in paths.items():
+        if path is None:
+            continue
+        key = Path(os.path.abspath(path))
+        try:
+            key = key.resolve()
+        except OSError:
+            pass
+        name = "--" + option.replace("_", "-")
+        if key in seen:
+            raise UsageError(f"{name}: {str(path)!r} is the same file as {seen[key]}; choose another path")
+        seen[key] = name
+
+
 def to_jsonable(obj: Any) -> Any:
     """Convert numpy scalars/arrays and dataclass-like records to JSON types."""
     if isinstance(obj, dict):
@@ -122,9 +161,12 @@ def to_jsonable(obj: Any) -> Any:
         return to_jsonable(obj.to_dict())
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
     return obj
 
 
 def print_json(summary: dict) -> None:
-    json.dump(to_jsonable(summary), sys.stdout, indent=2, allow_nan=True)
+    """Print ``summary`` as strict JSON: NaN and infinities become ``null``."""
+    json.dump(to_jsonable(summary), sys.stdout, indent=2, allow_nan=False)
     sys.stdout.write("\n")

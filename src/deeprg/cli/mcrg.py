@@ -1,0 +1,184 @@
+"""``deeprg mcrg`` and ``deeprg rsrg exponent-vs-epoch``: Monte Carlo RG exponents y_t and y_h of
+an RG transformation (majority rule, decimation, or the RBM projector of an ``rsrg train`` run)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from deeprg.cli.common import UsageError, int_at_least, print_json
+from deeprg.data import SpinDataset, load_dataset
+from deeprg.mc.stats import format_value_error
+from deeprg.plots import exponent_vs_epoch
+from deeprg.rsrg.mcrg import (
+    MCRGResult,
+    check_mcrg_levels,
+    minimum_configurations,
+    run_mcrg,
+)
+from deeprg.rsrg.train import CheckpointMismatch, load_filters
+from deeprg.rsrg.transforms import Decimation, MajorityRule, RBMProjector, RGTransform
+from deeprg.runs import write_json
+
+EXACT = {"y_t": 1.0, "y_h": 15 / 8}
+
+
+def add_actions(sub: argparse._SubParsersAction, actions: argparse._SubParsersAction) -> None:
+    """Add ``deeprg mcrg`` to the top-level subparsers ``sub`` and ``exponent-vs-epoch`` to the
+    ``deeprg rsrg`` actions."""
+    e = actions.add_parser(
+        "exponent-vs-epoch", help="MCRG y_t of the filter saved after every epoch (Chung & Kao Fig. 2)",
+        description="Apply the filter of every saved epoch (and the majority rule, for reference) to "
+        "the same configurations; writes RUN/exponent_vs_epoch.json and RUN/exponent_vs_epoch.png.",
+    )
+    e.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg rsrg train'")
+    _add_mcrg_options(e, levels=1)
+    e.add_argument("--couplings", type=int_at_least(1), default=7, help="N_c even couplings, 1..7 [7]")
+    e.set_defaults(run=run_exponent_vs_epoch)
+
+    m = sub.add_parser(
+        "mcrg", help="Monte Carlo RG exponents y_t and y_h of an RG transformation",
+        description="Coarse-grain the configurations N_r = 1..levels times with b = 2 and compute "
+        "y_t (7 even couplings) and y_h (4 odd couplings) from the linearized RG matrix "
+        "T = (D^{n,n})^-1 D^{n,n-1} for every N_r and N_c, with jackknife errors.",
+    )
+    m.add_argument("--transform", required=True, metavar="majority|decimation|RUN",
+                   help="majority rule, decimation, or the trained RBM projector of a run directory")
+    _add_mcrg_options(m, levels=2)
+    m.set_defaults(run=run_mcrg_command)
+
+
+def _add_mcrg_options(p: argparse.ArgumentParser, levels: int) -> None:
+    p.add_argument("--data", required=True, help="configurations (.npz, Ising, 2D)")
+    p.add_argument("--levels", type=int_at_least(1), default=levels, help=f"RG steps N_r [{levels}]")
+    p.add_argument("--blocks", type=int_at_least(2), default=32, help="jackknife blocks [32]")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed of the transformations [0]")
+    p.add_argument("--threads", type=int_at_least(1), help="torch CPU threads (RBM projector)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _load_data(path: str) -> SpinDataset:
+    return load_dataset(path, model="ising", d=2)
+
+
+# ---- mcrg --------------------------------------------------------------------------------------
+def _transform(value: str) -> RGTransform:
+    if value == "majority":
+        return MajorityRule()
+    if value == "decimation":
+        return Decimation()
+    if not Path(value).is_dir():
+        raise UsageError(f"--transform: expected 'majority', 'decimation' or a run directory of "
+                         f"'deeprg rsrg train', got {value!r}")
+    try:
+        _, filters, _ = load_filters(value)
+    except CheckpointMismatch as err:
+        raise UsageError(f"--transform: {err}") from None
+    return RBMProjector(filters[-1])
+
+
+def _check_mcrg(args: argparse.Namespace, ds: SpinDataset, transforms: list[RGTransform]) -> None:
+    try:
+        check_mcrg_levels(tuple(ds.metadata["lattice_shape"]), transforms, args.levels)
+    except ValueError as err:
+        raise UsageError(f"--levels: {err}") from None
+    need = minimum_configurations(args.blocks)
+    if ds.n < need:
+        raise UsageError(f"--data: {ds.n} configurations are too few for the jackknife with --blocks "
+                         f"{args.blocks} (need at least {need})")
+
+
+def _run(args: argparse.Namespace, ds: SpinDataset, transforms: list[RGTransform]) -> list[MCRGResult]:
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    chunk = 4096
+    spins = ds.spins
+    bar = tqdm(total=ds.n, disable=args.quiet, desc="mcrg", unit="config", file=sys.stderr, dynamic_ncols=True)
+    try:
+        return run_mcrg((spins[i : i + chunk] for i in range(0, ds.n, chunk)), spins.shape[1:], transforms, ds.n,
+                        args.levels, args.seed, args.blocks, on_chunk=bar.update)
+    finally:
+        bar.close()
+
+
+def format_table(result: MCRGResult) -> str:
+    """y_t and y_h by (N_r, N_c), one row per pair."""
+    lines = [f"{'N_r':>3} {'N_c':>3}   {'y_t':<14} {'y_h':<14}"]
+    for r in range(result.levels):
+        for c in range(len(result.y_t[r])):
+            yt = result.y_t[r][c]
+            yh = format_value_error(result.y_h[r][c].mean, result.y_h[r][c].error) if c < len(result.y_h[r]) else ""
+            lines.append(f"{r + 1:>3} {c + 1:>3}   {format_value_error(yt.mean, yt.error):<14} {yh:<14}")
+    return "\n".join(lines)
+
+
+def run_mcrg_command(args: argparse.Namespace) -> int:
+    ds = _load_data(args.data)
+    transform = _transform(args.transform)
+    _check_mcrg(args, ds, [transform])
+    (result,) = _run(args, ds, [transform])
+    shape = ds.metadata["lattice_shape"]
+    summary = {**result.to_dict(), "transform_argument": args.transform, "data": args.data,
+               "lattice_shape": shape, "K": ds.metadata["K"], "seed": args.seed, "seconds": result.seconds}
+    if args.json:
+        print_json(summary)
+        return 0
+    name = {"majority": "majority rule", "decimation": "decimation"}.get(result.transform, f"RBM projector ({args.transform})")
+    print(f"MCRG of {args.data}: Ising {shape[0]}x{shape[1]}, K = {ds.metadata['K']:.10g}; {name}, b = 2; "
+          f"{result.n_configurations} configurations in {result.n_blocks} jackknife blocks; seed {args.seed}")
+    print(format_table(result))
+    print("exact 2D Ising: y_t = 1, y_h = 15/8 = 1.875")
+    return 0
+
+
+# ---- rsrg exponent-vs-epoch ------------------------------------------------------------------
+def run_exponent_vs_epoch(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    try:
+        cfg, filters, _ = load_filters(run_dir)
+    except CheckpointMismatch as err:
+        raise UsageError(f"RUN: {err}") from None
+    if len(filters) < 2:
+        raise UsageError(f"RUN: {str(run_dir)!r} has no completed epoch yet")
+    if args.couplings > 7:
+        raise UsageError(f"--couplings: must be between 1 and 7, got {args.couplings}")
+    ds = _load_data(args.data)
+    epochs = list(range(1, len(filters)))
+    transforms = [RBMProjector(filters[e]) for e in epochs] + [MajorityRule()]
+    _check_mcrg(args, ds, transforms)
+    results = _run(args, ds, transforms)
+    k = args.couplings - 1
+    table = [[[{"mean": e.mean, "error": e.error} for e in row] for row in r.y_t] for r in results[:-1]]
+    majority = [[{"mean": e.mean, "error": e.error} for e in row] for row in results[-1].y_t]
+    summary = {"epochs": epochs, "levels": args.levels, "couplings": args.couplings, "y_t": table,
+               "majority_y_t": majority, "n_configurations": results[0].n_configurations,
+               "n_blocks": args.blocks, "seed": args.seed, "data": args.data}
+    write_json(run_dir / "exponent_vs_epoch.json", summary)
+    last = args.levels - 1
+    means = np.array([r.y_t[last][k].mean for r in results[:-1]])
+    errors = np.array([r.y_t[last][k].error for r in results[:-1]])
+    exponent_vs_epoch(np.array(epochs), means, errors, run_dir / "exponent_vs_epoch.png",
+                      {f"majority rule {format_value_error(results[-1].y_t[last][k].mean, results[-1].y_t[last][k].error)}":
+                       results[-1].y_t[last][k].mean, "exact": EXACT["y_t"]},
+                      title=f"N_r = {args.levels}, N_c = {args.couplings}, {summary['n_configurations']} configurations")
+    if args.json:
+        print_json(summary)
+        return 0
+    print(f"y_t at N_c = {args.couplings} after each epoch ({summary['n_configurations']} configurations, "
+          f"{args.blocks} jackknife blocks, seed {args.seed}):")
+    print(f"{'epoch':>5}  " + "  ".join(f"{'N_r = ' + str(n + 1):<14}" for n in range(args.levels)))
+    for e, r in zip(epochs, results[:-1]):
+        print(f"{e:>5}  " + "  ".join(f"{format_value_error(r.y_t[n][k].mean, r.y_t[n][k].error):<14}"
+                                      for n in range(args.levels)))
+    maj = results[-1]
+    print(f"{'maj.':>5}  " + "  ".join(f"{format_value_error(maj.y_t[n][k].mean, maj.y_t[n][k].error):<14}"
+                                     for n in range(args.levels)))
+    print(f"wrote {run_dir / 'exponent_vs_epoch.json'} and {run_dir / 'exponent_vs_epoch.png'}")
+    return 0
