@@ -156,7 +156,7 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return to_jsonable(obj.tolist())
     if isinstance(obj, np.generic):
-        return obj.item()
+        return to_jsonable(obj.item())
     if hasattr(obj, "to_dict"):
         return to_jsonable(obj.to_dict())
     if isinstance(obj, Path):
