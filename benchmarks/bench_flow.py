@@ -63,7 +63,7 @@ def run(name: str, threads: int, seed: int, save_dir: Path | None = None) -> dic
     checkpoints = sorted(set(np.linspace(0, cfg.steps, 13).astype(int).tolist()))
     curve = []
     for until in checkpoints:
-        trainer.train(until_step=until)
+        trainer.train(until=until)
         n = FINAL_EVAL_SAMPLES if until == cfg.steps else EVAL_SAMPLES
         est = variational_free_energy(trainer.flow, trainer.target, n, generator=eval_gen)
         point = {

@@ -58,7 +58,7 @@ def trained(L: int, run_dir: str | None, threads: int, seed: int) -> tuple[Train
         trainer = load_run(run_dir, threads=threads)
         return trainer, trainer.wall_seconds
     trainer = Trainer(FlowTrainConfig(L=L, steps=TRAIN_STEPS[L], threads=threads, seed=seed))
-    trainer.train(on_step=lambda r: r["step"] % 500 == 0 and print(
+    trainer.train(on_record=lambda r: r["step"] % 500 == 0 and print(
         f"  L={L} training step {r['step']}: relative error {r.get('relative_error', float('nan')):.2e}", flush=True))
     return trainer, trainer.wall_seconds
 

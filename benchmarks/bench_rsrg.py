@@ -80,8 +80,9 @@ def train_filter(n_train: int, epochs: int, seed: int) -> dict:
     cfg = RBMTrainConfig(epochs=epochs, seed=seed, threads=1)
     trainer = Trainer(cfg, train)
     t0 = time.perf_counter()
-    trainer.train(on_epoch=lambda r: print(f"  seed {seed} epoch {r['epoch']:3d}  cd_gap {r['cd_gap']:9.4f}  "
-                                           f"max|w| {r['filter_max_abs']:.3f}  {r['seconds']:.0f} s", flush=True))
+    trainer.train(on_record=lambda rec: (r := rec["epoch"]) and print(
+        f"  seed {seed} epoch {r['epoch']:3d}  cd_gap {r['cd_gap']:9.4f}  max|w| {r['filter_max_abs']:.3f}  "
+        f"{r['seconds']:.0f} s", flush=True))
     return {"config": cfg.to_dict(), "filters": trainer.filter_history, "history": trainer.history,
             "seconds": time.perf_counter() - t0, "sampling_seconds": sampling}
 

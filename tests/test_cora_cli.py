@@ -93,7 +93,7 @@ def test_digits_command_splits_the_data(cli, tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(cli, files, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    original = Trainer.epoch
+    original = Trainer.step
 
     def epoch_then_interrupt(self):
         record = original(self)
@@ -101,12 +101,12 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(cli, files, tmp_path, mon
             signal.raise_signal(signal.SIGINT)
         return record
 
-    monkeypatch.setattr(Trainer, "epoch", epoch_then_interrupt)
+    monkeypatch.setattr(Trainer, "step", epoch_then_interrupt)
     status, _, err = train(cli, files, run)
     assert status == 130 and "--resume" in err
     assert learn_module.load_checkpoint(run / "checkpoint.pt")["stage_epoch"] == 2
     assert not (run / "metrics.json").exists()
-    monkeypatch.setattr(Trainer, "epoch", original)
+    monkeypatch.setattr(Trainer, "step", original)
     status, out, _ = train(cli, files, run, "--resume", "--json")
     assert status == 0 and json.loads(out)["epochs"] == 5
     status, _, err = train(cli, files, run)

@@ -68,7 +68,7 @@ def test_layerwise_stages_and_learning(chain16):
         if trainer.stage.level > 0:
             seen_levels.append(trainer.level_data.shape)
             assert int(trainer.level_data.max()) < cfg.chi
-        trainer.epoch()
+        trainer.step()
     assert (3000, 8) in seen_levels and (3000, 2) in seen_levels  # coarse-grained data of levels 1 and 3
     after = window_nll(trainer.net, chain16, 4).mean
     assert after < before

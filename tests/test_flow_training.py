@@ -45,7 +45,7 @@ def test_variational_bound_never_below_exact_value_during_training():
     exact = trainer.exact_free_energy
     gen = torch.Generator().manual_seed(7)
     for until in (0, 50, 150):
-        trainer.train(until_step=until)
+        trainer.train(until=until)
         est = variational_free_energy(trainer.flow, trainer.target, 4096, generator=gen)
         assert est.mean >= exact - 4 * est.error, (until, est, exact)
     assert est.mean - exact < 0.5 * abs(exact)  # it did learn something
@@ -58,7 +58,7 @@ def test_resume_from_checkpoint_is_exact(tmp_path):
     straight.train()
 
     first = Trainer(cfg)
-    first.train(until_step=5, checkpoint=tmp_path / "ck.pt")
+    first.train(until=5, checkpoint=tmp_path / "ck.pt")
     resumed = Trainer(cfg)
     resumed.load(tmp_path / "ck.pt")
     assert resumed.step_count == 5
@@ -154,7 +154,7 @@ def test_cli_train_writes_run_directory(cli, tmp_path):
     assert status == 0 and json.loads(out)["steps"] == 7
     status, _, err = cli("flow", "train", "--L", "8", "--steps", "7", "--out", str(run), "--resume",
                              "--quiet")
-    assert status == 2 and "another model" in err
+    assert status == 2 and "--L: the run was made with L = 4" in err
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from deeprg.rsrg.rbm import coupling_matrix
-from deeprg.rsrg.train import CheckpointMismatch, RBMTrainConfig, Trainer, learning_rate, load_filters
+from deeprg.rsrg.train import (
+    CheckpointMismatch,
+    RBMTrainConfig,
+    Trainer,
+    learning_rate,
+    load_filters,
+)
+from deeprg.runs import RunDir
 
 torch.set_num_threads(1)
 
@@ -129,13 +136,16 @@ def test_checkpoints_that_do_not_match(rng, tmp_path):
         Trainer(RBMTrainConfig(filter_size=4), -spins).load(tmp_path / "checkpoint.pt")
     more = Trainer(RBMTrainConfig(filter_size=4, epochs=2), spins)  # more epochs is fine
     more.load(tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointMismatch, match="no config.json"):
+        load_filters(tmp_path)
+    RunDir(tmp_path, "rsrg").write_config(trainer.cfg.to_dict())
     cfg, filters, history = load_filters(tmp_path)
     assert cfg.filter_size == 4 and filters.shape == (2, 4, 4) and len(history) == 1
-    (tmp_path / "junk").mkdir()
+    RunDir(tmp_path / "junk", "rsrg").write_config(trainer.cfg.to_dict())
     (tmp_path / "junk" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointMismatch, match="not a readable"):
         load_filters(tmp_path / "junk")
-    (tmp_path / "empty").mkdir()
+    RunDir(tmp_path / "empty", "rsrg").write_config(trainer.cfg.to_dict())
     with pytest.raises(CheckpointMismatch, match="no checkpoint"):
         load_filters(tmp_path / "empty")
 

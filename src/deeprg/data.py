@@ -8,9 +8,14 @@ arrays
 * ``metadata``: 0-d unicode array holding a JSON object with at least the keys in
   :data:`REQUIRED_KEYS` (extra keys are allowed and preserved).
 
-Files are read with ``allow_pickle=False`` and written atomically (temporary file in the target
-directory, then ``os.replace``). Every problem with a file is reported as a
-:class:`DatasetError` whose one-line message starts with the path.
+Files are written atomically (temporary file in the target directory, then ``os.replace``) and
+read through :func:`open_npz`, the one checked reader of ``.npz`` files in the package (also used
+by :func:`deeprg.cora.datasets.load_binary`). It treats every file as possibly hostile: before an
+array is allocated, its ``.npy`` header is read and the byte size it claims is compared with
+what the zip member holds and with :data:`MAX_ARRAY_BYTES`; arrays of Python objects (pickles)
+are refused; the metadata JSON is limited to :data:`MAX_METADATA_CHARS` characters and
+:data:`MAX_METADATA_DEPTH` levels of nesting before it is parsed. Every problem with a file is
+reported as a :class:`DatasetError` whose one-line message starts with the path.
 """
 
 from __future__ import annotations
@@ -18,20 +23,35 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import zipfile
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
 import deeprg
 from deeprg.lattice import Lattice
 
-__all__ = ["FORMAT", "REQUIRED_KEYS", "DatasetError", "SpinDataset", "save_dataset", "load_dataset"]
+__all__ = [
+    "FORMAT",
+    "MAX_ARRAY_BYTES",
+    "MAX_METADATA_CHARS",
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_DEPTH",
+    "REQUIRED_KEYS",
+    "DatasetError",
+    "NpzArchive",
+    "SpinDataset",
+    "load_dataset",
+    "open_npz",
+    "parse_metadata",
+    "save_dataset",
+]
 
 #: Format identifier stored in ``metadata["format"]``.
 FORMAT = "deeprg.spins/1"
@@ -51,6 +71,27 @@ REQUIRED_KEYS = (
     "deeprg_version",
     "created",
 )
+
+
+#: Largest array (bytes) :meth:`NpzArchive.read` accepts by default; a header claiming more is
+#: refused before anything is allocated.
+MAX_ARRAY_BYTES = 2**34
+
+#: Longest metadata JSON text (characters) :func:`parse_metadata` accepts.
+MAX_METADATA_CHARS = 2**20
+
+#: Deepest nesting of JSON arrays / objects :func:`parse_metadata` accepts.
+MAX_METADATA_DEPTH = 64
+
+#: Largest metadata array (bytes: 4 per unicode character) :func:`load_dataset` reads.
+MAX_METADATA_BYTES = 4 * MAX_METADATA_CHARS
+
+#: Largest uncompressed / compressed size ratio DEFLATE can reach (RFC 1951: 258 bytes per
+#: 2-bit code, rounded up); a zip directory claiming more is forged.
+_DEFLATE_MAX_RATIO = 1032
+
+#: Errors the zip and ``.npy`` readers raise on damaged or unsupported members.
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
 
 
 class DatasetError(ValueError):
@@ -213,6 +254,152 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
+class NpzArchive:
+    """Checked read access to the arrays of an ``.npz`` file; made by :func:`open_npz`, used as
+    a context manager (closing the zip file).
+
+    ``names``: the arrays (members ``NAME.npy``, suffix dropped) in archive order. Members that
+    are not ``.npy`` files are not arrays and are not listed.
+    """
+
+    def __init__(self, path: Path, archive: zipfile.ZipFile) -> None:
+        self.path = path
+        self._zip = archive
+        self._members = {
+            info.filename[: -len(".npy")]: info
+            for info in archive.infolist()
+            if info.filename.endswith(".npy") and not info.is_dir()
+        }
+        self.names = list(self._members)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def read(self, name: str, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+        """The array ``name`` (any shape and dtype the ``.npy`` header states).
+
+        Before anything is allocated, the header is read and refused (:class:`DatasetError`
+        naming the file and the array) if the array holds Python objects (it would need
+        unpickling), or claims more bytes than ``max_bytes`` or than the zip member holds
+        (uncompressed size from the zip directory, itself checked against the compressed size
+        for stored and DEFLATE members)."""
+        if name not in self._members:
+            raise DatasetError(f"{self.path}: no array {name!r} (found: {', '.join(self.names) or 'none'})")
+        info = self._members[name]
+        where = f"{self.path}: cannot read array data: array {name!r}"
+        try:
+            with self._zip.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                else:
+                    raise DatasetError(f"{where}: unsupported .npy format version {version[0]}.{version[1]}")
+                header = fh.tell()
+        except DatasetError:
+            raise
+        except _READ_ERRORS as exc:
+            raise DatasetError(f"{where}: {_one_line(exc)}") from exc
+        if dtype.hasobject:
+            raise DatasetError(
+                f"{where}: it holds Python objects ({dtype}), which would need unpickling; "
+                "refused (allow_pickle=False)"
+            )
+        claimed = math.prod(shape) * dtype.itemsize
+        described = f"shape {tuple(shape)} of {dtype} claims {claimed} bytes"
+        if claimed > max_bytes:
+            raise DatasetError(f"{where}: {described}, more than the limit of {max_bytes} bytes")
+        held = info.file_size - header
+        if claimed > held:
+            raise DatasetError(f"{where}: {described} but the zip member holds only {max(held, 0)} bytes of data")
+        bound = {zipfile.ZIP_STORED: info.compress_size,
+                 zipfile.ZIP_DEFLATED: _DEFLATE_MAX_RATIO * info.compress_size + 64}.get(info.compress_type)
+        if bound is not None and info.file_size > bound:
+            raise DatasetError(
+                f"{where}: the zip directory claims {info.file_size} bytes from {info.compress_size} compressed "
+                "bytes, more than the compression method can produce (forged directory)"
+            )
+        try:
+            with self._zip.open(info) as fh:
+                return np.lib.format.read_array(fh, allow_pickle=False)
+        except _READ_ERRORS as exc:
+            raise DatasetError(f"{where}: {_one_line(exc)}") from exc
+
+
+def open_npz(path: str | os.PathLike[str]) -> NpzArchive:
+    """Open the ``.npz`` archive ``path`` for checked reading (:class:`NpzArchive`).
+
+    Raises :class:`DatasetError` naming ``path`` if it is missing, not a regular file, or not a
+    readable zip archive. This is the one place the package reads ``.npz`` data files."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    if not path.is_file():
+        raise DatasetError(f"{path}: not a regular file")
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(
+            f"{path}: not an .npz archive (not a valid zip file: corrupt, truncated or another "
+            "format)"
+        )
+    try:
+        return NpzArchive(path, zipfile.ZipFile(path))
+    except _READ_ERRORS as exc:
+        raise DatasetError(f"{path}: not a readable .npz archive: {_one_line(exc)}") from exc
+
+
+#: A JSON string literal (possessive: linear time on any input).
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+#: Everything but brackets and braces.
+_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
+
+
+def _json_depth(text: str) -> int:
+    """Deepest nesting of arrays / objects in the JSON ``text`` (brackets inside strings not
+    counted), without parsing it."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)).encode("ascii")
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max())
+
+
+def parse_metadata(meta_array: np.ndarray, path: str | os.PathLike[str]) -> Any:
+    """The JSON value held by the 0-d unicode array ``meta_array`` read from ``path``.
+
+    Raises :class:`DatasetError` naming ``path`` if the array is not 0-d unicode, the text is
+    longer than :data:`MAX_METADATA_CHARS`, nests arrays / objects deeper than
+    :data:`MAX_METADATA_DEPTH` (checked before parsing) or is not valid JSON."""
+    if meta_array.ndim != 0 or meta_array.dtype.kind != "U":
+        raise DatasetError(
+            f"{path}: metadata must be a 0-d unicode array holding JSON, got dtype "
+            f"{meta_array.dtype} shape {meta_array.shape}"
+        )
+    text = str(meta_array[()])
+    if len(text) > MAX_METADATA_CHARS:
+        raise DatasetError(
+            f"{path}: metadata JSON is {len(text)} characters long, more than the limit of "
+            f"{MAX_METADATA_CHARS}"
+        )
+    depth = _json_depth(text)
+    if depth > MAX_METADATA_DEPTH:
+        raise DatasetError(
+            f"{path}: metadata JSON nests arrays/objects {depth} levels deep, more than the limit of "
+            f"{MAX_METADATA_DEPTH}"
+        )
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise DatasetError(f"{path}: metadata is not valid JSON: {_one_line(exc)}") from exc
+
+
 def save_dataset(path: str | os.PathLike[str], dataset: SpinDataset) -> Path:
     """Validate ``dataset`` and write it to exactly ``path`` (no suffix is added; use ``.npz``).
 
@@ -265,40 +452,16 @@ def load_dataset(
     :func:`save_dataset`, or does not match the request.
     """
     path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"{path}: no such file")
-    if not path.is_file():
-        raise DatasetError(f"{path}: not a regular file")
-    if not zipfile.is_zipfile(path):
-        raise DatasetError(
-            f"{path}: not an .npz archive (not a valid zip file: corrupt, truncated or another "
-            "format)"
-        )
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DatasetError(f"{path}: not a readable .npz archive: {_one_line(exc)}") from exc
-    with archive:
-        found = sorted(archive.files)
+    with open_npz(path) as archive:
+        found = sorted(archive.names)
         if "spins" not in found or "metadata" not in found:
             raise DatasetError(
                 f"{path}: not a deeprg spin dataset (needs arrays 'spins' and 'metadata', "
                 f"found: {', '.join(found) or 'none'})"
             )
-        try:
-            spins = archive["spins"]
-            meta_array = archive["metadata"]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise DatasetError(f"{path}: cannot read array data: {_one_line(exc)}") from exc
-    if meta_array.ndim != 0 or meta_array.dtype.kind != "U":
-        raise DatasetError(
-            f"{path}: metadata must be a 0-d unicode array holding JSON, got dtype "
-            f"{meta_array.dtype} shape {meta_array.shape}"
-        )
-    try:
-        metadata = json.loads(str(meta_array[()]))
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: metadata is not valid JSON: {_one_line(exc)}") from exc
+        meta_array = archive.read("metadata", max_bytes=MAX_METADATA_BYTES)
+        spins = archive.read("spins")
+    metadata = parse_metadata(meta_array, path)
     _validate(spins, metadata, path)
     if model is not None and metadata["model"] != model:
         raise DatasetError(f"{path}: dataset model is {metadata['model']!r}, expected {model!r}")

@@ -1,5 +1,6 @@
 """Figures (matplotlib, Agg backend). Functions take plain data and a path; nothing here computes
-physics."""
+physics. Every figure is written atomically; axes counting epochs, steps or distances get integer
+ticks."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from deeprg.runs import atomic_path  # noqa: E402
 
-__all__ = ["field_grid", "hmc_traces", "latent_energy", "mutual_information_maps", "training_curve"]
+__all__ = ["field_grid", "hmc_traces", "latent_energy", "latent_response_maps", "mutual_information_maps",
+           "training_curve"]
 
 
 def _save(fig, path: str | Path) -> None:
@@ -21,6 +24,11 @@ def _save(fig, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
+
+
+def _integer_x(ax) -> None:
+    """Ticks of the x axis at integers only (epochs, steps, distances)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def training_curve(history: list[dict], exact_free_energy: float | None, path: str | Path, title: str = "") -> None:
@@ -42,6 +50,7 @@ def training_curve(history: list[dict], exact_free_energy: float | None, path: s
         ax.plot(steps, loss, lw=1)
         ax.set_ylabel(r"variational free energy $F_q$")
     ax.set_xlabel("training step")
+    _integer_x(ax)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
@@ -71,6 +80,7 @@ def hmc_traces(traces: dict[str, np.ndarray], warmup: int, reference: tuple[floa
     if warmup > 0:
         ax.axvspan(0, warmup, color="0.85", lw=0, zorder=0, label="warm-up")
     ax.set_xlabel("HMC step")
+    _integer_x(ax)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -97,29 +107,80 @@ def latent_energy(values: np.ndarray, profile: np.ndarray, plane: np.ndarray, pa
     _save(fig, path)
 
 
-def field_grid(fields: np.ndarray, path: str | Path, title: str = "", cmap: str = "RdBu_r") -> None:
-    """A grid of 2D fields or spin configurations ``(n, L, L)`` as images (at most 64 shown)."""
+def field_grid(fields: np.ndarray, path: str | Path, title: str = "", cmap: str = "RdBu_r", *,
+               colorbar: bool = False, label: str = "", titles: list[str] | None = None) -> None:
+    """A grid of 2D fields or spin configurations ``(n, L, L)`` as images (at most 64 shown), on
+    one colour scale symmetric about 0 (``+-max |field|``).
+
+    ``colorbar``: draw that scale as one colour bar beside the grid, labelled ``label`` (for
+    response maps and other fields whose values matter; off for spin configurations).
+    ``titles``: one small title per panel (e.g. the latent's site)."""
     fields = np.asarray(fields)[:64]
     n = len(fields)
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
     vmax = float(np.abs(fields).max()) or 1.0
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows + 0.4), squeeze=False)
+    width = 1.2 * cols + (0.9 if colorbar else 0.0)
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 1.2 * rows + 0.4), squeeze=False,
+                             layout="constrained" if colorbar else None)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, f in zip(axes.ravel(), fields):
-        ax.imshow(f, cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
+    for i, (ax, f) in enumerate(zip(axes.ravel(), fields)):
+        im = ax.imshow(f, cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=7)
     fig.suptitle(title, fontsize=9)
+    if colorbar:
+        fig.colorbar(im, ax=axes, shrink=0.9, label=label)
+    else:
+        fig.tight_layout()
+    _save(fig, path)
+
+
+def latent_response_maps(maps: np.ndarray, path: str | Path, sites: np.ndarray | list[int] | None = None,
+                         title: str = "E[dz_i/dx] of the top-level latents") -> None:
+    """Response maps ``E[dz_i / dx]`` of some latents (:func:`deeprg.flows.analysis.response_maps`)
+    for a lattice in any dimension the flows support.
+
+    ``maps``: ``(n_latents, L)`` for a chain, drawn as one line per latent against the site;
+    ``(n_latents, L, L)`` for a square lattice, drawn as a grid of images with a colour bar
+    (:func:`field_grid`). ``sites``: the flat site of each latent, used in the legend / panel
+    titles (default: numbered ``0 .. n_latents - 1``)."""
+    maps = np.asarray(maps, dtype=float)
+    if maps.ndim not in (2, 3):
+        raise ValueError(f"maps must have shape (n_latents, L) or (n_latents, L, L), got {maps.shape}")
+    names = [f"$z_{{{int(s)}}}$" for s in (range(len(maps)) if sites is None else sites)]
+    if len(names) != len(maps):
+        raise ValueError(f"sites must give one site per map ({len(maps)}), got {len(names)}")
+    if maps.ndim == 3:
+        field_grid(maps, path, title=title, colorbar=True, label=r"$E[\partial z_i / \partial x]$", titles=names)
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    x = np.arange(maps.shape[1])
+    for i, (m, name) in enumerate(zip(maps, names)):
+        ax.plot(x, m, "o-", ms=3, lw=1, color=f"C{i % 10}", label=name)
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    ax.set_xlabel("site")
+    ax.set_ylabel(r"$E[\partial z_i / \partial x_j]$")
+    _integer_x(ax)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(maps) <= 12:
+        ax.legend(fontsize=7, ncol=2 if len(maps) > 6 else 1)
     fig.tight_layout()
     _save(fig, path)
 
 
 def mutual_information_maps(mi_latent: np.ndarray, mi_physical: np.ndarray, path: str | Path) -> None:
     """Heat maps of pairwise mutual information among latents and among physical variables
-    (Li & Wang Fig. 4(b, c)); separate colour scales."""
+    (Li & Wang Fig. 4(b, c)), ``(m, m)`` each, in nats, on one shared colour scale from 0 to
+    the largest value of either (small negative KSG estimates show as 0), so the two panels
+    compare directly."""
+    mi_latent, mi_physical = np.asarray(mi_latent, dtype=float), np.asarray(mi_physical, dtype=float)
+    vmax = max(float(np.nanmax(mi_latent)), float(np.nanmax(mi_physical)), 0.0) or 1.0
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.8))
     for ax, mi, name in ((axes[0], mi_latent, "latent variables z"), (axes[1], mi_physical, "physical variables x")):
-        im = ax.imshow(mi, cmap="viridis", interpolation="nearest")
+        im = ax.imshow(mi, cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest")
         ax.set_title(f"mutual information, {name}", fontsize=9)
         ax.set_xlabel("site")
         ax.set_ylabel("site")
@@ -154,6 +215,7 @@ def exponent_vs_epoch(epochs: np.ndarray, means: np.ndarray, errors: np.ndarray,
     for i, (label, value) in enumerate(references.items()):
         ax.axhline(value, ls=":", lw=1.2, color=f"C{i + 1}", label=label)
     ax.set_xlabel("training epoch")
+    _integer_x(ax)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -179,6 +241,7 @@ def window_nll_curve(history: list[dict], path: str | Path, reference: float | N
     if reference is not None:
         ax.axhline(reference, ls=":", color="k", lw=1.2, label="exact")
     ax.set_xlabel("epoch")
+    _integer_x(ax)
     ax.set_ylabel("window NLL per site (nats)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -187,15 +250,26 @@ def window_nll_curve(history: list[dict], path: str | Path, reference: float | N
     _save(fig, path)
 
 
-def correlation_model_vs_data(correlation: list[dict], path: str | Path, title: str = "") -> None:
+def correlation_model_vs_data(correlation: list[dict], path: str | Path, title: str = "",
+                              exact=None) -> None:
     """Two-point function ``G(r)`` of model samples against the data's, with error bars;
-    ``correlation`` is a list of ``{"r", "model", "model_error", "data", "data_error"}``."""
+    ``correlation`` is a list of ``{"r", "model", "model_error", "data", "data_error"}``.
+
+    ``exact``: optional exact ``G(r)`` (e.g. ``evaluate(...)["exact_correlation"]`` for the
+    periodic Ising chain), an ``(n, 2)`` array-like of ``(r, G)`` pairs (from arrays ``r`` and
+    ``G``: ``np.column_stack((r, G))``); drawn as a black line under the estimates."""
     r = np.array([c["r"] for c in correlation])
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    if exact is not None:
+        curve = np.asarray(exact, dtype=float)
+        if curve.ndim != 2 or curve.shape[1] != 2:
+            raise ValueError(f"exact must be (r, G) pairs, shape (n, 2), got shape {curve.shape}")
+        ax.plot(curve[:, 0], curve[:, 1], "-", color="k", lw=1.2, zorder=1, label="exact")
     for key, fmt in (("data", "o-"), ("model", "s--")):
         ax.errorbar(r, [c[key] for c in correlation], yerr=[c[f"{key}_error"] for c in correlation], fmt=fmt,
-                    ms=3, lw=1, capsize=2, label=key)
+                    ms=3, lw=1, capsize=2, label=key, zorder=2)
     ax.set_xlabel("distance r")
+    _integer_x(ax)
     ax.set_ylabel(r"$G(r) = \langle s_i s_{i+r} \rangle$")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)

@@ -25,39 +25,31 @@ class UsageError(Exception):
 
 
 class StopOnSignal:
-    """Turn SIGINT into a flag checked between training steps (the step in flight completes)."""
+    """Turn SIGINT (Ctrl-C) and SIGTERM (sent by batch schedulers before they kill a job) into a
+    flag checked between units of work (the unit in flight completes). A second signal aborts at
+    once. ``signum`` records the first signal received."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C aborts at once
+        if self.requested:  # a second signal aborts at once
             raise KeyboardInterrupt
-        self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._previous)
-
-
-def check_run_dir(run_dir: Path, resume: bool, force: bool, checkpoint_name: str = "checkpoint.pt") -> Path:
-    """Check the ``--out`` / ``--resume`` / ``--force`` options of a training command before any
-    work starts; returns the checkpoint path. A new run refuses a directory that already holds a
-    checkpoint unless ``--force``; ``--resume`` needs one."""
-    checkpoint = run_dir / checkpoint_name
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"--out: {str(run_dir)!r} exists and is not a directory")
-    if resume and force:
-        raise UsageError("--resume and --force exclude each other")
-    if resume and not checkpoint.exists():
-        raise UsageError(f"--resume: no checkpoint in {str(run_dir)!r}")
-    if checkpoint.exists() and not (resume or force):
-        raise UsageError(f"--out: {str(run_dir)!r} already holds a checkpoint; pass --resume to continue it "
-                         "or --force to start over")
-    return checkpoint
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def coupling(value: str) -> float:
@@ -82,6 +74,18 @@ def int_at_least(minimum: int):
 
     parse.__name__ = f"integer >= {minimum}"
     return parse
+
+
+def seed(value: str) -> int:
+    """argparse type for ``--seed``: an integer in ``[0, 2^64)`` (what numpy's ``SeedSequence``
+    and torch's generators take)."""
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^64), got {value!r}") from None
+    if not 0 <= v < 2**64:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^64), got {v}")
+    return v
 
 
 def positive_float(value: str) -> float:

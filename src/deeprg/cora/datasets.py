@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from deeprg.cora.network import check_lattice_shape
-from deeprg.data import FORMAT, DatasetError, load_dataset
+from deeprg.data import FORMAT, MAX_METADATA_BYTES, DatasetError, load_dataset, open_npz
 from deeprg.runs import atomic_path
 
 __all__ = ["ENCODINGS", "BinaryData", "decode_values", "digits", "encode_values", "load_binary", "save_binary"]
@@ -90,34 +89,25 @@ def _checked(indices: np.ndarray, encoding: str, name: str, metadata: dict) -> B
 
 
 def load_binary(path: str | os.PathLike[str], key: str | None = None) -> BinaryData:
-    """Read two-state data from ``path`` (see the module docstring); ``DatasetError`` or
-    ``ValueError`` with a one-line message naming the file for every problem."""
+    """Read two-state data from ``path`` (see the module docstring) through the checked reader
+    :func:`deeprg.data.open_npz` (hostile headers, pickles and metadata refused before anything
+    is allocated); ``DatasetError`` or ``ValueError`` with a one-line message naming the file for
+    every problem."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    if not zipfile.is_zipfile(path):
-        raise DatasetError(f"{path}: not an .npz archive")
-    spin_dataset = False
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            names = list(archive.files)
-            if key is None and "metadata" in names and "spins" in names:
-                meta = archive["metadata"]
-                spin_dataset = meta.ndim == 0 and meta.dtype.kind == "U" and f'"{FORMAT}"' in str(meta[()])
-            if not spin_dataset:
+    with open_npz(path) as archive:
+        names = archive.names
+        spin_dataset = False
+        if key is None and "metadata" in names and "spins" in names:
+            meta = archive.read("metadata", max_bytes=MAX_METADATA_BYTES)
+            spin_dataset = meta.ndim == 0 and meta.dtype.kind == "U" and f'"{FORMAT}"' in str(meta[()])
+        if not spin_dataset:
+            if key is None:
+                arrays = [n for n in names if n not in ("metadata", "labels", "seed")]
+                key = next((k for k in _DEFAULT_KEYS if k in names), arrays[0] if len(arrays) == 1 else None)
                 if key is None:
-                    arrays = [n for n in names if n not in ("metadata", "labels", "seed")]
-                    key = next((k for k in _DEFAULT_KEYS if k in names), arrays[0] if len(arrays) == 1 else None)
-                    if key is None:
-                        raise DatasetError(f"{path}: cannot tell which array holds the data (found: "
-                                           f"{', '.join(names) or 'none'}); name it with a key")
-                if key not in names:
-                    raise DatasetError(f"{path}: no array {key!r} (found: {', '.join(names) or 'none'})")
-                values = archive[key]
-    except DatasetError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise DatasetError(f"{path}: not a readable .npz archive ({err})") from None
+                    raise DatasetError(f"{path}: cannot tell which array holds the data (found: "
+                                       f"{', '.join(names) or 'none'}); name it with a key")
+            values = archive.read(key)
     if spin_dataset:
         ds = load_dataset(path)
         indices, encoding = encode_values(ds.spins, str(path))

@@ -8,7 +8,8 @@
   entropy per site (:func:`chain_window_entropy` for the periodic Ising chain).
 * **Correlation function** ``G(r) = < s_i s_{i + r e_mu} >`` averaged over sites, axes ``mu`` and
   configurations, ``r = 0 .. L/2``, with ``s = +1`` for index 0 and ``-1`` for index 1 (spins as
-  they are; ``s = 1 - 2 p`` for 0/1 pixels). Computed on samples of the model and on the data.
+  they are; ``s = 1 - 2 p`` for 0/1 pixels). Computed on samples of the model and on the data,
+  and exactly for data of the periodic Ising chain, ``(t^r + t^(L-r)) / (1 + t^L)``, ``t = tanh K``.
 * **Full NLL** (tree variant only): ``-ln p(x)`` per configuration from :mod:`deeprg.cora.tree`.
 
 Every mean carries a 1-sigma error bar (:func:`deeprg.mc.stats.estimate`, corrected for the
@@ -28,7 +29,7 @@ from deeprg.cora.marginals import window_marginals
 from deeprg.cora.network import Cora
 from deeprg.cora.tree import log_likelihood
 from deeprg.mc.stats import Estimate, estimate
-from deeprg.models.exact import chain_window_distribution
+from deeprg.models.exact import chain_correlation, chain_window_distribution
 
 __all__ = ["chain_window_entropy", "correlation_function", "evaluate", "full_nll", "window_codes", "window_nll"]
 
@@ -98,7 +99,10 @@ def evaluate(
     ``window_nll_per_site``, ``correlation`` (list over ``r`` of ``{"r", "model", "model_error",
     "data", "data_error"}``, model from ``n_samples`` fresh samples), and ``full_nll`` /
     ``full_nll_per_site`` for the tree variant. With ``metadata`` of a 1D Ising dataset (keys
-    ``model``, ``d``, ``K``, ``lattice_shape``), also ``exact_window_entropy_per_site``."""
+    ``model``, ``d``, ``K``, ``lattice_shape``), also ``exact_window_entropy_per_site`` and
+    ``exact_correlation``: ``[r, G(r)]`` pairs, ``r = 0 .. L // 2``, of the periodic chain
+    (:func:`deeprg.models.exact.chain_correlation`), ready for
+    :func:`deeprg.plots.correlation_model_vs_data`'s ``exact``."""
     if tuple(x.shape[1:]) != net.shape:
         raise ValueError(f"data lattice {tuple(x.shape[1:])} does not match the network's {net.shape}")
     summary: dict = {"window": w, "window_nll_per_site": _value(window_nll(net, x, w))}
@@ -106,6 +110,9 @@ def evaluate(
     if meta.get("model") == "ising" and meta.get("d") == 1:
         N = int(meta["lattice_shape"][0])
         summary["exact_window_entropy_per_site"] = chain_window_entropy(N, float(meta["K"]), w) / w
+        r = np.arange(N // 2 + 1)
+        exact = chain_correlation(N, float(meta["K"]), r)
+        summary["exact_correlation"] = [[int(i), float(g)] for i, g in zip(r, exact)]
     samples = net.sample(n_samples, generator)
     model, data = correlation_function(samples), correlation_function(x)
     summary["correlation"] = [

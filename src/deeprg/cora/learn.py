@@ -39,9 +39,9 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -51,8 +51,10 @@ from deeprg.cora.evaluate import window_codes
 from deeprg.cora.inverse import coarse_grain
 from deeprg.cora.marginals import check_window, cone_widths, layer_windows, window_marginals
 from deeprg.cora.network import INITS, Cora, check_lattice_shape
-from deeprg.runs import CheckpointMismatch, config_mismatch, save_checkpoint
+from deeprg.config import DTYPE_NAMES, ConfigError, check_memory, check_types, cosine_factor, need, resolve_device, torch_dtype
+from deeprg.runs import CheckpointMismatch, RunDir, config_mismatch, save_checkpoint
 from deeprg.runs import load_checkpoint as _load_checkpoint
+from deeprg.training import NonFiniteLoss, TrainerBase
 
 __all__ = [
     "METHODS",
@@ -68,10 +70,12 @@ __all__ = [
 ]
 
 METHODS = ("joint", "layerwise")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CHECKPOINT_FORMAT = "deeprg.cora-checkpoint/1"
-#: Keys that do not change the numbers of a run (may differ on resume).
-_RUNTIME_KEYS = ("device", "threads", "checkpoint_seconds")
+#: Entries of a checkpoint (besides ``format``) and their types.
+CHECKPOINT_SCHEMA = {"config": str, "data_sha256": str, "network": dict, "optimizer": (dict, type(None)),
+                     "scheduler": (dict, type(None)), "generator": torch.Tensor, "stage_index": int,
+                     "stage_epoch": int, "level_data": (torch.Tensor, type(None)), "history": list,
+                     "wall_seconds": float}
 
 
 @dataclass
@@ -104,53 +108,63 @@ class CoraTrainConfig:
     threads: int | None = 1
     checkpoint_seconds: float = 60.0
 
+    #: Keys that do not change the numbers of a run (a resumed run may change them).
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("device", "threads", "checkpoint_seconds")
+
     def __post_init__(self) -> None:
-        def need(ok: bool, name: str, allowed: str) -> None:
-            if not ok:
-                raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
-
-        def integer(name: str, minimum: int) -> None:
-            v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= minimum, name, f"an integer >= {minimum}")
-
+        check_types(self)
         try:
             self.lattice_shape = list(check_lattice_shape(self.lattice_shape))
         except (TypeError, ValueError) as err:
-            raise ValueError(f"lattice_shape: {err}") from None
+            raise ConfigError(f"lattice_shape: {err}") from None
         L, d = self.lattice_shape[0], len(self.lattice_shape)
-        need(self.encoding in ENCODINGS, "encoding", f"one of {ENCODINGS}")
-        integer("chi", 2)
+        need(self, self.encoding in ENCODINGS, "encoding", f"one of {ENCODINGS}")
+        need(self, self.chi >= 2, "chi", "an integer >= 2")
         if self.window is None:
             self.window = min(4 if d == 1 else 2, L)
-        integer("window", 1)
-        need(self.window <= L, "window", f"at most the lattice size L = {L}")
-        need(self.method in METHODS, "method", f"one of {METHODS}")
-        for name, minimum in (("epochs", 1), ("passes", 1), ("batch", 0), ("gibbs_sweeps", 1), ("seed", 0)):
-            integer(name, minimum)
-        need(0 < self.lr < 1, "lr", "in (0, 1)")
-        need(0 <= self.lr_final <= self.lr, "lr_final", "in [0, lr]")
-        need(self.init in INITS, "init", f"one of {INITS}")
-        need(0 < self.init_eps < 1, "init_eps", "in (0, 1)")
-        need(self.init_noise >= 0, "init_noise", ">= 0")
-        need(self.dtype in DTYPES, "dtype", f"one of {tuple(DTYPES)}")
-        need(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1), "threads", ">= 1")
-        need(self.checkpoint_seconds > 0, "checkpoint_seconds", "> 0")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise ValueError(f"device must be 'cpu' or 'cuda[:n]', got {self.device!r}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} requested but this torch has no CUDA device")
+        need(self, 1 <= self.window <= L, "window", f"an integer from 1 to the lattice size L = {L}")
+        need(self, self.method in METHODS, "method", f"one of {METHODS}")
+        for name, minimum in (("epochs", 1), ("passes", 1), ("batch", 0), ("gibbs_sweeps", 1)):
+            need(self, getattr(self, name) >= minimum, name, f"an integer >= {minimum}")
+        need(self, 0 <= self.seed < 2**64, "seed", "an integer in [0, 2^64)")
+        need(self, 0 < self.lr < 1, "lr", "in (0, 1)")
+        need(self, 0 <= self.lr_final <= self.lr, "lr_final", "in [0, lr]")
+        need(self, self.init in INITS, "init", f"one of {INITS}")
+        need(self, 0 < self.init_eps < 1, "init_eps", "in (0, 1)")
+        need(self, self.init_noise >= 0, "init_noise", ">= 0")
+        need(self, self.dtype in DTYPE_NAMES, "dtype", f"one of {DTYPE_NAMES}")
+        need(self, self.threads is None or self.threads >= 1, "threads", "an integer >= 1")
+        need(self, self.checkpoint_seconds > 0, "checkpoint_seconds", "> 0")
+        resolve_device(self.device)
+        check_memory(self.memory_estimate(), "chi, lattice_shape, shared", self.device)
         probe = Cora(self.lattice_shape, self.chi, tree=self.tree, shared=True)  # geometry only
-        for level in range(probe.n_levels):
-            check_window(probe, min(self.window, probe.extent(level)), level)
+        try:
+            for level in range(probe.n_levels):
+                check_window(probe, min(self.window, probe.extent(level)), level)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def memory_estimate(self) -> float:
+        """A lower bound of training's peak memory in bytes: the conditional tables of every
+        layer (an isometry ``chi x chi_fine^(2^d)`` and a disentangler ``chi_fine^(2^d)`` squared
+        per block, one block if ``shared``) with their gradients and Adam's two moments. The
+        window marginals add more."""
+        L, d = self.lattice_shape[0], len(self.lattice_shape)
+        k, size = 2**d, (4 if self.dtype == "float32" else 8)
+        entries, extent = 0.0, L
+        for level in range(1, L.bit_length()):
+            fine = 2 if level == 1 else self.chi
+            blocks = 1 if self.shared else (extent // 2) ** d
+            entries += blocks * (self.chi * float(fine) ** k + (0 if self.tree else float(fine) ** (2 * k)))
+            extent //= 2
+        return 4.0 * entries * size
+
     def build_network(self) -> Cora:
         return Cora(self.lattice_shape, self.chi, tree=self.tree, shared=self.shared, init=self.init,
-                    init_eps=self.init_eps, init_noise=self.init_noise, seed=self.seed, dtype=DTYPES[self.dtype])
+                    init_eps=self.init_eps, init_noise=self.init_noise, seed=self.seed, dtype=torch_dtype(self.dtype))
 
 
 @dataclass(frozen=True)
@@ -194,12 +208,9 @@ def data_digest(data: Tensor) -> str:
     return h.hexdigest()
 
 
-class NonFiniteLoss(RuntimeError):
-    """Training produced a NaN or infinite loss."""
-
-
-class Trainer:
-    """A network, its training data and optimizer state; :meth:`epoch` runs one epoch.
+class Trainer(TrainerBase):
+    """A network, its training data and optimizer state; :meth:`step` runs one epoch (the unit
+    of :meth:`~deeprg.training.TrainerBase.train`).
 
     ``data``: long or int8 ``(n, *cfg.lattice_shape)`` visible indices.
     """
@@ -209,7 +220,7 @@ class Trainer:
             raise ValueError(f"data must have shape (n >= 1, {', '.join(map(str, cfg.lattice_shape))}), "
                              f"got {tuple(data.shape)}")
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
+        self.device = resolve_device(cfg.device)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         self.net = cfg.build_network().to(self.device)
@@ -229,7 +240,11 @@ class Trainer:
         return self.stage_index >= len(self.stages)
 
     @property
-    def total_epochs(self) -> int:
+    def position(self) -> int:
+        return len(self.history)
+
+    @property
+    def total(self) -> int:
         return len(self.stages) * self.cfg.epochs
 
     @property
@@ -256,11 +271,8 @@ class Trainer:
         n = self._current_data().shape[0]
         steps = cfg.epochs * (1 if cfg.batch == 0 or cfg.batch >= n else math.ceil(n / cfg.batch))
         ratio = cfg.lr_final / cfg.lr
-
-        def cosine(step: int) -> float:
-            return ratio + (1.0 - ratio) * 0.5 * (1.0 + math.cos(math.pi * min(step / steps, 1.0)))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda step: cosine_factor(step, steps, ratio))
         level, w = stage.level, self._window(stage.level)
         self._codes = window_codes(self._current_data(), w, self.net.dim(level))
         self._full_counts = None
@@ -303,7 +315,7 @@ class Trainer:
         log_p = p.clamp_min(torch.finfo(p.dtype).tiny).log()
         return -(counts * log_p).sum() / (n_rows * counts.shape[0] * w**self.net.d)
 
-    def epoch(self) -> dict:
+    def step(self) -> dict:
         """One pass over the current stage's data; returns the history record (``loss``: mean
         window NLL per site at the stage's level during the epoch)."""
         if self.done:
@@ -336,29 +348,6 @@ class Trainer:
         self.history.append(record)
         return record
 
-    def train(
-        self,
-        on_epoch: Callable[[dict], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        checkpoint: Path | None = None,
-    ) -> None:
-        """Run the remaining epochs of every stage, saving to ``checkpoint`` every
-        ``cfg.checkpoint_seconds``, at the end and when ``should_stop()`` turns true (checked
-        between epochs)."""
-        last_save = time.monotonic()
-        while not self.done:
-            record = self.epoch()
-            if on_epoch is not None:
-                on_epoch(record)
-            stop = should_stop is not None and should_stop()
-            if checkpoint is not None and (
-                stop or self.done or time.monotonic() - last_save > self.cfg.checkpoint_seconds
-            ):
-                self.save(checkpoint)
-                last_save = time.monotonic()
-            if stop:
-                return
-
     # ---- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
@@ -384,51 +373,60 @@ class Trainer:
         """Restore the state saved by :meth:`save`; config (but for device, threads and
         checkpoint interval) and data must be the same."""
         state = load_checkpoint(path)
-        saved = json.loads(state["config"])
+        try:
+            saved = json.loads(state["config"])
+        except (ValueError, RecursionError):
+            raise CheckpointMismatch(f"{str(path)!r}: its config is corrupt") from None
+        if not isinstance(saved, dict):
+            raise CheckpointMismatch(f"{str(path)!r}: its config is corrupt")
         mine = self.cfg.to_dict()
-        detail = config_mismatch(saved, mine, [k for k in mine if k not in _RUNTIME_KEYS])
+        detail = config_mismatch(saved, mine, [k for k in mine if k not in CoraTrainConfig.RESUMABLE])
         if detail:
             raise CheckpointMismatch(f"checkpoint {str(path)!r} is for another run ({detail})")
         if state["data_sha256"] != self.digest:
             raise CheckpointMismatch(f"checkpoint {str(path)!r} was trained on other data")
-        self.net.load_state_dict(state["network"])
-        self.generator.set_state(state["generator"])
-        self.stage_index, self.stage_epoch = int(state["stage_index"]), int(state["stage_epoch"])
-        level_data = state["level_data"]
-        self.level_data = None if level_data is None else level_data.to(self.device, torch.long)
-        self._begin_stage()
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+        try:
+            self.net.load_state_dict(state["network"])
+            self.generator.set_state(state["generator"])
+            self.stage_index, self.stage_epoch = state["stage_index"], state["stage_epoch"]
+            if not (0 <= self.stage_index <= len(self.stages) and 0 <= self.stage_epoch < self.cfg.epochs):
+                raise ValueError(f"stage {self.stage_index}, epoch {self.stage_epoch} out of range")
+            level_data = state["level_data"]
+            self.level_data = None if level_data is None else level_data.to(self.device, torch.long)
+            self._begin_stage()
+            if self.optimizer is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CheckpointMismatch(f"{str(path)!r} does not fit its config ({err})") from None
         self.history = list(state["history"])
         self.wall_seconds = float(state["wall_seconds"])
 
 
 def load_checkpoint(path: str | Path) -> dict:
     """Load a CORA checkpoint without executing code (``weights_only=True``)."""
-    return _load_checkpoint(path, CHECKPOINT_FORMAT, "CORA")
+    return _load_checkpoint(path, CHECKPOINT_FORMAT, "CORA", CHECKPOINT_SCHEMA)
 
 
 def load_run(run_dir: str | Path) -> tuple[Cora, CoraTrainConfig, dict]:
     """The network of a run directory written by ``deeprg cora train`` (from its checkpoint),
     its config and the full ``config.json``. Raises :class:`CheckpointMismatch` naming what is
     missing or unusable."""
-    run_dir = Path(run_dir)
-    config_path, checkpoint = run_dir / "config.json", run_dir / "checkpoint.pt"
-    if not run_dir.is_dir():
-        raise CheckpointMismatch(f"run directory {str(run_dir)!r} does not exist")
-    for path in (config_path, checkpoint):
-        if not path.exists():
-            raise CheckpointMismatch(f"run directory {str(run_dir)!r} is incomplete: {path.name} is missing")
+    run = RunDir(run_dir, "cora")
+    config_path, checkpoint = run.config_path, run.checkpoint
+    if not run.path.is_dir():
+        raise CheckpointMismatch(f"run directory {str(run.path)!r} does not exist")
+    saved = run.saved_config()
+    if not checkpoint.exists():
+        raise CheckpointMismatch(f"run directory {str(run.path)!r} is incomplete: {checkpoint.name} is missing")
     try:
-        saved = json.loads(config_path.read_text())
         known = {f.name for f in dataclasses.fields(CoraTrainConfig)}
-        cfg = CoraTrainConfig(**{k: v for k, v in saved.items() if k in known and k not in _RUNTIME_KEYS})
-    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        cfg = CoraTrainConfig(**{k: v for k, v in saved.items() if k in known and k not in CoraTrainConfig.RESUMABLE})
+    except (TypeError, ValueError) as err:
         raise CheckpointMismatch(f"{str(config_path)!r} is not a usable CORA config ({err})") from None
     net = cfg.build_network()
     try:
         net.load_state_dict(load_checkpoint(checkpoint)["network"])
-    except RuntimeError as err:
+    except (RuntimeError, KeyError, TypeError) as err:
         raise CheckpointMismatch(f"checkpoint in {str(run_dir)!r} does not match its config ({err})") from None
     return net, cfg, saved

@@ -20,6 +20,7 @@ values in row-major order of the window offsets (first site most significant; se
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -63,14 +64,21 @@ def cone_widths(net: Cora, w: int, level: int = 0, top: int | None = None) -> di
     return widths
 
 
-def _plans(net: Cora, layer: int, w: int, source_width: int) -> list[ClassPlan]:
-    cache = net.__dict__.setdefault("_cone_plans", {})
-    key = (layer, w, source_width)
-    if key not in cache:
-        fine_extent = net.extent(layer - 1)
-        cache[key] = class_plans(net.d, fine_extent, w, _disentangles(net, layer), source_width,
-                                 net.dim(layer), net.dim(layer - 1), single=(w == fine_extent))
-    return cache[key]
+@functools.lru_cache(maxsize=256)
+def _geometry_plans(d: int, fine_extent: int, w: int, disentangle: bool, source_width: int, d_coarse: int,
+                    d_fine: int) -> tuple[ClassPlan, ...]:
+    """:func:`deeprg.cora.cones.class_plans`, cached: plans are pure geometry, so one entry serves
+    every network (and every training step) with this layer geometry. The plans are shared:
+    callers only read them."""
+    return tuple(class_plans(d, fine_extent, w, disentangle, source_width, d_coarse, d_fine,
+                             single=(w == fine_extent)))
+
+
+def _plans(net: Cora, layer: int, w: int, source_width: int) -> tuple[ClassPlan, ...]:
+    """Contraction plans of ``pi_layer`` for windows of width ``w`` from source windows of width
+    ``source_width`` (one per parity class; see :func:`deeprg.cora.cones.class_plans`)."""
+    return _geometry_plans(net.d, net.extent(layer - 1), w, _disentangles(net, layer), source_width,
+                           net.dim(layer), net.dim(layer - 1))
 
 
 def cone_entries(net: Cora, w: int, level: int = 0, top: int | None = None) -> int:

@@ -16,44 +16,48 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
-import deeprg
+from deeprg.config import (
+    DTYPE_NAMES,
+    ConfigError,
+    check_types,
+    cosine_factor,
+    need,
+    resolve_device,
+    torch_dtype,
+)
 from deeprg.flows.flow import Flow
 from deeprg.flows.hierarchy import ARCHITECTURES, Hierarchy, layer_specs
 from deeprg.lattice import Lattice
 from deeprg.mc.stats import Estimate
 from deeprg.models.ising import parse_coupling
 from deeprg.models.relaxed import RelaxedIsing
-from deeprg.runs import CheckpointMismatch, config_mismatch, run_provenance, save_checkpoint, write_json
+from deeprg.runs import CheckpointMismatch, RunDir, config_mismatch, save_checkpoint
 from deeprg.runs import load_checkpoint as _load_checkpoint
+from deeprg.training import NonFiniteLoss, TrainerBase
 
 __all__ = [
-    "RUN_FORMAT",
     "CheckpointMismatch",
     "FlowTrainConfig",
     "NonFiniteLoss",
     "Trainer",
     "load_run",
     "variational_free_energy",
-    "write_run_config",
 ]
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 #: Config keys that define the model; a checkpoint is usable only if they all agree.
 MODEL_KEYS = ("L", "d", "beta", "min_eigenvalue", "arch", "depth", "n_couplings", "hidden", "shared",
               "s_max", "linear", "elementwise", "symmetrize", "dtype")
 #: Format of a checkpoint file.
 CHECKPOINT_FORMAT = "deeprg.flow-checkpoint/1"
-#: Format of a run directory's ``config.json``; bump when a run can no longer be reloaded.
-RUN_FORMAT = "deeprg.flow-run/3"
-#: File names inside a run directory.
-CONFIG_NAME, CHECKPOINT_NAME = "config.json", "checkpoint.pt"
+#: Entries of a checkpoint (besides ``format``) and their types.
+CHECKPOINT_SCHEMA = {"config": str, "flow": dict, "optimizer": dict, "scheduler": dict, "generator": torch.Tensor,
+                     "step": int, "wall_seconds": float, "history": list}
 
 
 @dataclass
@@ -91,51 +95,63 @@ class FlowTrainConfig:
     eval_samples: int = 16384
     checkpoint_seconds: float = 60.0
 
-    def __post_init__(self) -> None:
-        def need(ok: bool, name: str, allowed: str) -> None:
-            if not ok:
-                raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
+    #: Keys a resumed run may change; the others define the run.
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "threads", "device", "eval_samples", "checkpoint_seconds")
 
+    def __post_init__(self) -> None:
+        check_types(self)
         self.beta = parse_coupling(self.beta, "beta")
-        need(isinstance(self.d, int) and self.d in (1, 2, 3), "d", "1, 2 or 3")
-        need(isinstance(self.L, int) and self.L >= 2 and not self.L & (self.L - 1), "L", "a power of two >= 2")
-        need(self.arch in ARCHITECTURES, "arch", f"one of {ARCHITECTURES}")
-        need(self.depth is None or (isinstance(self.depth, int) and self.depth >= 1), "depth", "an integer >= 1")
-        need(isinstance(self.n_couplings, int) and self.n_couplings >= 1, "n_couplings", "an integer >= 1")
+        need(self, self.d in (1, 2, 3), "d", "1, 2 or 3")
+        need(self, self.L >= 2 and not self.L & (self.L - 1), "L", "a power of two >= 2")
+        need(self, self.arch in ARCHITECTURES, "arch", f"one of {ARCHITECTURES}")
+        need(self, self.depth is None or self.depth >= 1, "depth", "an integer >= 1")
+        need(self, self.n_couplings >= 1, "n_couplings", "an integer >= 1")
         self.hidden = list(self.hidden)
-        need(all(isinstance(h, int) and h >= 1 for h in self.hidden), "hidden", "a list of integers >= 1")
-        need(self.s_max > 0, "s_max", "> 0")
-        need(isinstance(self.linear, bool), "linear", "true or false")
-        need(isinstance(self.elementwise, bool), "elementwise", "true or false")
-        need(self.min_eigenvalue > 0, "min_eigenvalue", "> 0")
-        need(isinstance(self.steps, int) and self.steps >= 1, "steps", "an integer >= 1")
-        need(isinstance(self.batch, int) and self.batch >= 2, "batch", "an integer >= 2")
-        need(0 < self.lr < 1, "lr", "in (0, 1)")
-        need(0 <= self.lr_final <= self.lr, "lr_final", "in [0, lr]")
-        need(self.grad_clip >= 0, "grad_clip", ">= 0 (0 disables clipping)")
-        need(isinstance(self.seed, int) and self.seed >= 0, "seed", "an integer >= 0")
-        need(self.dtype in DTYPES, "dtype", f"one of {tuple(DTYPES)}")
-        need(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1), "threads", ">= 1")
-        need(isinstance(self.eval_samples, int) and self.eval_samples >= 2, "eval_samples", "an integer >= 2")
-        need(self.checkpoint_seconds > 0, "checkpoint_seconds", "> 0")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise ValueError(f"device must be 'cpu' or 'cuda[:n]', got {self.device!r}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} requested but this torch has no CUDA device")
+        need(self, len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden",
+             "a non-empty list of integers >= 1")
+        need(self, self.s_max > 0, "s_max", "> 0")
+        need(self, self.min_eigenvalue > 0, "min_eigenvalue", "a finite number > 0")
+        need(self, self.steps >= 1, "steps", "an integer >= 1")
+        need(self, self.batch >= 2, "batch", "an integer >= 2")
+        need(self, 0 < self.lr < 1, "lr", "in (0, 1)")
+        need(self, 0 <= self.lr_final <= self.lr, "lr_final", "in [0, lr]")
+        need(self, self.grad_clip >= 0, "grad_clip", ">= 0 (0 disables clipping)")
+        need(self, 0 <= self.seed < 2**64, "seed", "an integer in [0, 2^64)")
+        need(self, self.dtype in DTYPE_NAMES, "dtype", f"one of {DTYPE_NAMES}")
+        need(self, self.threads is None or self.threads >= 1, "threads", "an integer >= 1")
+        need(self, self.eval_samples >= 2, "eval_samples", "an integer >= 2")
+        need(self, self.checkpoint_seconds > 0, "checkpoint_seconds", "> 0")
+        resolve_device(self.device)
         # the architecture must fit the lattice
-        layer_specs(Lattice.square(self.L, self.d), self.arch, self.depth)
+        try:
+            layer_specs(Lattice.square(self.L, self.d), self.arch, self.depth)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    def memory_estimate(self) -> tuple[float, str]:
+        """Estimated peak memory of training in bytes, and the keys that drive it: the dense
+        ``N x N`` matrices of the relaxed target (float64, ``N = L^d``), the parameters with
+        their gradients and Adam moments, and the activations of one batch kept for the
+        backward pass."""
+        n = self.L**self.d
+        k = 2**self.d
+        size = 4 if self.dtype == "float32" else 8
+        specs = layer_specs(Lattice.square(self.L, self.d), self.arch, self.depth) if n <= 2**22 else None
+        n_layers = len(specs) if specs is not None else 2 * self.d * int(math.log2(self.L))
+        blocks = [len(sp.blocks) for sp in specs] if specs is not None else [n // k] * n_layers
+        widths = [k // 2, *self.hidden, k]
+        per_mlp = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+        mlps = sum(self.n_couplings * (1 if self.shared else b) for b in blocks)
+        params = 4.0 * per_mlp * mlps * size
+        activations = 3.0 * self.batch * sum(blocks) * sum(self.hidden) * self.n_couplings * size
+        target = 6.0 * n * n * 8
+        return target + params + activations, "L, batch, hidden, n_couplings"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def model_dict(self) -> dict:
         return {k: getattr(self, k) for k in MODEL_KEYS}
-
-
-class NonFiniteLoss(RuntimeError):
-    """Training produced a NaN or infinite loss or gradient."""
 
 
 def build_target(cfg: FlowTrainConfig) -> RelaxedIsing:
@@ -168,15 +184,16 @@ def variational_free_energy(
     return Estimate(float(f.mean()), math.sqrt(var / len(f)), var, 0.5, len(f))
 
 
-class Trainer:
-    """A flow, its target and optimizer state; :meth:`step` does one Adam step on Eq. 5."""
+class Trainer(TrainerBase):
+    """A flow, its target and optimizer state; :meth:`step` does one Adam step on Eq. 5 (the
+    unit of :meth:`~deeprg.training.TrainerBase.train`)."""
 
     def __init__(self, cfg: FlowTrainConfig, target=None) -> None:
         """``target`` (a :class:`deeprg.models.relaxed.Target` module over the config's lattice)
         defaults to the relaxed Ising model of the config."""
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
-        dtype = DTYPES[cfg.dtype]
+        self.device = resolve_device(cfg.device)
+        dtype = torch_dtype(cfg.dtype)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # parameter initialization
@@ -185,17 +202,21 @@ class Trainer:
         self.exact_ln_z = self.target.exact_ln_z
         self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=cfg.lr)
         ratio = cfg.lr_final / cfg.lr
-
-        def cosine(step: int) -> float:
-            frac = min(step / cfg.steps, 1.0)
-            return ratio + (1.0 - ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda step: cosine_factor(step, cfg.steps, ratio))
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.seed)
         self.step_count = 0
         self.history: list[dict[str, float]] = []
         self.wall_seconds = 0.0
+
+    @property
+    def position(self) -> int:
+        return self.step_count
+
+    @property
+    def total(self) -> int:
+        return self.cfg.steps
 
     @property
     def exact_free_energy(self) -> float | None:
@@ -233,32 +254,6 @@ class Trainer:
         self.history.append(record)
         return record
 
-    def train(
-        self,
-        until_step: int | None = None,
-        on_step: Callable[[dict[str, float]], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        checkpoint: Path | None = None,
-    ) -> None:
-        """Run steps up to ``until_step`` (default ``cfg.steps``), saving to ``checkpoint`` every
-        ``cfg.checkpoint_seconds`` and at the end, or when ``should_stop()`` turns true (checked
-        between steps). On a non-finite loss the last saved checkpoint is kept and
-        :class:`NonFiniteLoss` propagates."""
-        until = self.cfg.steps if until_step is None else until_step
-        last_save = time.monotonic()
-        while self.step_count < until:
-            record = self.step()
-            if on_step is not None:
-                on_step(record)
-            stop = should_stop is not None and should_stop()
-            if checkpoint is not None and (
-                stop or self.step_count == until or time.monotonic() - last_save > self.cfg.checkpoint_seconds
-            ):
-                self.save(checkpoint)
-                last_save = time.monotonic()
-            if stop:
-                return
-
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
@@ -280,14 +275,20 @@ class Trainer:
     def load(self, path: str | Path) -> None:
         """Restore the state saved by :meth:`save`; the model-defining config must match."""
         state = load_checkpoint(path)
-        saved = FlowTrainConfig(**json.loads(state["config"]))
+        try:
+            saved = FlowTrainConfig(**json.loads(state["config"]))
+        except (TypeError, ValueError, RecursionError) as err:
+            raise CheckpointMismatch(f"{str(path)!r} holds an unusable flow config ({err})") from None
         detail = config_mismatch(saved.model_dict(), self.cfg.model_dict(), MODEL_KEYS)
         if detail:
             raise CheckpointMismatch(f"checkpoint {str(path)!r} is for another model ({detail})")
-        self.flow.load_state_dict(state["flow"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
+        try:
+            self.flow.load_state_dict(state["flow"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.generator.set_state(state["generator"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointMismatch(f"{str(path)!r} does not fit its config ({err})") from None
         self.step_count = int(state["step"])
         self.wall_seconds = float(state["wall_seconds"])
         self.history = list(state["history"])
@@ -295,37 +296,21 @@ class Trainer:
 
 def load_checkpoint(path: str | Path) -> dict:
     """Load a flow checkpoint without executing code (``weights_only=True``)."""
-    return _load_checkpoint(path, CHECKPOINT_FORMAT, "flow")
+    return _load_checkpoint(path, CHECKPOINT_FORMAT, "flow", CHECKPOINT_SCHEMA)
 
 
-
-
-def write_run_config(run_dir: str | Path, cfg: FlowTrainConfig, **extra) -> None:
-    """Write ``run_dir/config.json`` (the directory must exist): the run format, the resolved
-    config, provenance (deeprg version, git revision, time) and ``extra`` keys; :func:`load_run`
-    reads it back together with ``run_dir/checkpoint.pt`` (:meth:`Trainer.save`)."""
-    write_json(Path(run_dir) / CONFIG_NAME, {"format": RUN_FORMAT, **cfg.to_dict(), **run_provenance(), **extra})
 
 
 def load_run(run_dir: str | Path, device: str | None = None, threads: int | None = None) -> Trainer:
     """The trainer of a run directory written by ``deeprg flow train``, restored from its
-    checkpoint. Raises :class:`CheckpointMismatch` naming what is missing or incompatible."""
-    run_dir = Path(run_dir)
-    config_path, checkpoint = run_dir / CONFIG_NAME, run_dir / CHECKPOINT_NAME
-    if not run_dir.is_dir():
-        raise CheckpointMismatch(f"run directory {str(run_dir)!r} does not exist")
-    for path in (config_path, checkpoint):
-        if not path.exists():
-            raise CheckpointMismatch(f"run directory {str(run_dir)!r} is incomplete: {path.name} is missing")
-    try:
-        saved = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointMismatch(f"{str(config_path)!r} is not valid JSON ({err})") from None
-    if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT:
-        found = saved.get("format") if isinstance(saved, dict) else None
-        raise CheckpointMismatch(
-            f"{str(config_path)!r} was written by an incompatible deeprg version (run format {found!r}, "
-            f"this version {deeprg.__version__} reads {RUN_FORMAT!r})")
+    checkpoint, optionally on another ``device`` or with another number of ``threads``. Raises
+    :class:`CheckpointMismatch` naming what is missing or incompatible."""
+    run = RunDir(run_dir, "flow")
+    if not run.path.is_dir():
+        raise CheckpointMismatch(f"run directory {str(run.path)!r} does not exist")
+    saved = run.saved_config()
+    if not run.checkpoint.exists():
+        raise CheckpointMismatch(f"run directory {str(run.path)!r} is incomplete: {run.checkpoint.name} is missing")
     known = {f.name for f in dataclasses.fields(FlowTrainConfig)}
     values = {k: v for k, v in saved.items() if k in known}
     if device is not None:
@@ -335,7 +320,7 @@ def load_run(run_dir: str | Path, device: str | None = None, threads: int | None
     try:
         cfg = FlowTrainConfig(**values)
     except (TypeError, ValueError) as err:
-        raise CheckpointMismatch(f"{str(config_path)!r} is not a usable flow config ({err})") from None
+        raise CheckpointMismatch(f"{str(run.config_path)!r} is not a usable flow config ({err})") from None
     trainer = Trainer(cfg)
-    trainer.load(checkpoint)
+    trainer.load(run.checkpoint)
     return trainer

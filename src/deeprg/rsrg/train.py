@@ -34,19 +34,20 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from deeprg.config import DTYPE_NAMES, check_types, need, torch_dtype
 from deeprg.rsrg.rbm import check_filter, coupling_matrix, filter_gradient, free_energy, sample_spins
-from deeprg.runs import CheckpointMismatch, config_mismatch, save_checkpoint
+from deeprg.runs import CheckpointMismatch, RunDir, config_mismatch, save_checkpoint
 from deeprg.runs import load_checkpoint as _load_checkpoint
+from deeprg.training import NonFiniteLoss, TrainerBase
 
 __all__ = [
-    "CHANGEABLE_KEYS",
     "CHECKPOINT_FORMAT",
     "CheckpointMismatch",
     "NonFiniteLoss",
@@ -59,15 +60,15 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "deeprg.rbm-checkpoint/1"
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: Entries of a checkpoint (besides ``format``) and their types.
+CHECKPOINT_SCHEMA = {"config": str, "data": str, "weights": torch.Tensor, "optimizer": dict,
+                     "generator": torch.Tensor, "epoch": int, "batch_index": int, "sums": dict,
+                     "chains": torch.Tensor, "filters": torch.Tensor, "history": list, "wall_seconds": float}
 
 #: Learning-rate schedules, ``x = t / decay_epochs`` in [0, 1], ``t`` in epochs:
 #: ``"polynomial"``: ``lr_final + (lr - lr_final) sqrt(1 - x)`` (power-1/2 polynomial decay);
 #: ``"inverse-sqrt"``: ``lr / sqrt(1 + (r^2 - 1) x)``, ``r = lr / lr_final``.
 SCHEDULES = ("polynomial", "inverse-sqrt")
-
-#: Config keys a resumed run may change (everything else must match the checkpoint).
-CHANGEABLE_KEYS = ("epochs", "threads", "checkpoint_seconds")
 
 
 @dataclass
@@ -91,36 +92,38 @@ class RBMTrainConfig:
     threads: int | None = 1
     checkpoint_seconds: float = 60.0
 
+    #: Keys a resumed run may change (everything else must match the checkpoint).
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("epochs", "threads", "checkpoint_seconds")
+
     def __post_init__(self) -> None:
-        def need(ok: bool, name: str, allowed: str) -> None:
-            if not ok:
-                raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
-
-        def is_int(v) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        need(is_int(self.filter_size) and self.filter_size >= 2 and self.filter_size % 2 == 0, "filter_size",
+        check_types(self)
+        need(self, self.filter_size >= 2 and self.filter_size % 2 == 0, "filter_size",
              "an even integer >= 2 (centred on a 2x2 block)")
-        need(is_int(self.cd_k) and self.cd_k >= 1, "cd_k", "an integer >= 1")
-        need(isinstance(self.persistent, bool), "persistent", "true or false")
-        need(is_int(self.epochs) and self.epochs >= 1, "epochs", "an integer >= 1")
-        need(is_int(self.batch) and self.batch >= 1, "batch", "an integer >= 1")
-        need(0 < self.lr < 1, "lr", "in (0, 1)")
-        need(0 < self.lr_final <= self.lr, "lr_final", "in (0, lr]")
-        need(self.decay_epochs > 0, "decay_epochs", "> 0")
-        need(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
-        need(math.isfinite(self.init_scale) and self.init_scale >= 0, "init_scale", ">= 0")
-        need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
-        need(self.dtype in DTYPES, "dtype", f"one of {tuple(DTYPES)}")
-        need(self.threads is None or (is_int(self.threads) and self.threads >= 1), "threads", "an integer >= 1")
-        need(self.checkpoint_seconds > 0, "checkpoint_seconds", "> 0")
+        need(self, self.cd_k >= 1, "cd_k", "an integer >= 1")
+        need(self, self.epochs >= 1, "epochs", "an integer >= 1")
+        need(self, self.batch >= 1, "batch", "an integer >= 1")
+        need(self, 0 < self.lr < 1, "lr", "in (0, 1)")
+        need(self, 0 < self.lr_final <= self.lr, "lr_final", "in (0, lr]")
+        need(self, self.decay_epochs > 0, "decay_epochs", "> 0")
+        need(self, self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
+        need(self, self.init_scale >= 0, "init_scale", ">= 0")
+        need(self, 0 <= self.seed < 2**64, "seed", "an integer in [0, 2^64)")
+        need(self, self.dtype in DTYPE_NAMES, "dtype", f"one of {DTYPE_NAMES}")
+        need(self, self.threads is None or self.threads >= 1, "threads", "an integer >= 1")
+        need(self, self.checkpoint_seconds > 0, "checkpoint_seconds", "> 0")
+
+    def memory_estimate(self, n_data: int, shape: tuple[int, ...]) -> tuple[float, str]:
+        """Estimated peak memory of training on ``n_data`` configurations of ``shape`` in bytes,
+        and what drives it: the training set as floats, the dense ``N x N/4`` coupling matrix of
+        the filter (with its gradient and Adam's moments of the filter negligible) and a
+        minibatch's Gibbs chains."""
+        n = math.prod(shape)
+        size = 4 if self.dtype == "float32" else 8
+        return (n_data * n * size + 3.0 * n * (n // 4) * size + 8.0 * self.batch * n * size,
+                "the data set's lattice and size, batch")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-class NonFiniteLoss(RuntimeError):
-    """Training produced a NaN or infinite loss."""
 
 
 def learning_rate(cfg: RBMTrainConfig, epochs_done: float) -> float:
@@ -141,8 +144,9 @@ def data_fingerprint(spins: np.ndarray) -> dict:
     return {"n": int(s.shape[0]), "lattice_shape": list(s.shape[1:]), "sha256": hashlib.sha256(s.data).hexdigest()}
 
 
-class Trainer:
-    """The filter of an RBM projector trained by CD-k / PCD on ``spins``.
+class Trainer(TrainerBase):
+    """The filter of an RBM projector trained by CD-k / PCD on ``spins``; the unit of
+    :meth:`~deeprg.training.TrainerBase.train` is one minibatch.
 
     Parameters
     ----------
@@ -163,7 +167,7 @@ class Trainer:
         self.cfg = cfg
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
-        dtype = DTYPES[cfg.dtype]
+        dtype = torch_dtype(cfg.dtype)
         self.shape = tuple(int(x) for x in s.shape[1:])
         self.data_info = data_fingerprint(s)
         self._data = torch.from_numpy(s.reshape(len(s), -1).astype(np.float32)).to(dtype)
@@ -207,10 +211,20 @@ class Trainer:
         grad = filter_gradient(dW, self.cfg.filter_size, self.shape)
         return grad, loss, h0
 
+    @property
+    def position(self) -> int:
+        return self.epoch * self.steps_per_epoch + self.batch_index
+
+    @property
+    def total(self) -> int:
+        return self.cfg.epochs * self.steps_per_epoch
+
     @torch.no_grad()
-    def step(self) -> float:
-        """One minibatch: CD-k gradient, Adam step at the scheduled learning rate. Returns the loss
-        ``<F>_data - <F>_k``; raises :class:`NonFiniteLoss` (filter untouched) if it is not finite."""
+    def step(self) -> dict:
+        """One minibatch: CD-k gradient, Adam step at the scheduled learning rate. Returns
+        ``{"loss": <F>_data - <F>_k, "epoch": record of the epoch it completed or None,
+        "checkpoint": whether it completed an epoch}``; raises :class:`NonFiniteLoss` (filter
+        untouched) if the loss is not finite."""
         t0 = time.perf_counter()
         b = self.cfg.batch
         idx = torch.from_numpy(self._permutation()[self.batch_index * b : (self.batch_index + 1) * b])
@@ -232,9 +246,10 @@ class Trainer:
         self._sums["steps"] += 1
         self.batch_index += 1
         self.wall_seconds += time.perf_counter() - t0
-        if self.batch_index == self.steps_per_epoch:
+        ended = self.batch_index == self.steps_per_epoch
+        if ended:
             self._end_epoch()
-        return loss
+        return {"loss": loss, "epoch": self.history[-1] if ended else None, "checkpoint": ended}
 
     def _end_epoch(self) -> None:
         n = self._sums["steps"]
@@ -252,36 +267,6 @@ class Trainer:
             "seconds": self.wall_seconds,
         })
         self._sums = {"cd_gap": 0.0, "sharpness": 0.0, "steps": 0}
-
-    def train(
-        self,
-        until_epoch: int | None = None,
-        on_step: Callable[[float], None] | None = None,
-        on_epoch: Callable[[dict], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        checkpoint: Path | None = None,
-    ) -> None:
-        """Train up to ``until_epoch`` completed epochs (default ``cfg.epochs``), saving to
-        ``checkpoint`` after every epoch, every ``cfg.checkpoint_seconds`` and when
-        ``should_stop()`` turns true (checked between minibatches, then returns)."""
-        until = self.cfg.epochs if until_epoch is None else until_epoch
-        last_save = time.monotonic()
-        while self.epoch < until:
-            epoch = self.epoch
-            loss = self.step()
-            if on_step is not None:
-                on_step(loss)
-            ended = self.epoch != epoch
-            stop = should_stop is not None and should_stop()
-            if checkpoint is not None and (
-                ended or stop or time.monotonic() - last_save > self.cfg.checkpoint_seconds
-            ):
-                self.save(checkpoint)
-                last_save = time.monotonic()
-            if ended and on_epoch is not None:
-                on_epoch(self.history[-1])
-            if stop:
-                return
 
     @property
     def filter_history(self) -> np.ndarray:
@@ -312,21 +297,31 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint of the same run: same data and same config except
-        :data:`CHANGEABLE_KEYS` (e.g. more epochs)."""
+        ``RBMTrainConfig.RESUMABLE`` (e.g. more epochs)."""
         state = load_checkpoint(path)
         saved = _config_from_json(state["config"], path)
-        keys = [f.name for f in dataclasses.fields(RBMTrainConfig) if f.name not in CHANGEABLE_KEYS]
+        keys = [f.name for f in dataclasses.fields(RBMTrainConfig) if f.name not in RBMTrainConfig.RESUMABLE]
         detail = config_mismatch(saved.to_dict(), self.cfg.to_dict(), keys)
         if detail:
             raise CheckpointMismatch(f"checkpoint {str(path)!r} is for another run ({detail})")
-        data = json.loads(state["data"])
+        try:
+            data = json.loads(state["data"])
+        except (ValueError, RecursionError):
+            raise CheckpointMismatch(f"{str(path)!r}: its data fingerprint is corrupt") from None
         if data != self.data_info:
             raise CheckpointMismatch(
                 f"checkpoint {str(path)!r} was trained on other data ({data['n']} configurations of "
                 f"{'x'.join(map(str, data['lattice_shape']))}, sha256 {data['sha256'][:12]}...)")
+        f = self.cfg.filter_size
+        if tuple(state["weights"].shape) != (f, f) or tuple(state["filters"].shape[1:]) != (f, f):
+            raise CheckpointMismatch(f"{str(path)!r}: filter of shape {tuple(state['weights'].shape)} does not fit "
+                                     f"filter_size {f}")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.generator.set_state(state["generator"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointMismatch(f"{str(path)!r} does not fit its config ({err})") from None
         self.weights.copy_(state["weights"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
         self.epoch = int(state["epoch"])
         self.batch_index = int(state["batch_index"])
         self._sums = dict(state["sums"])
@@ -340,25 +335,26 @@ def _config_from_json(text: str, path: str | Path) -> RBMTrainConfig:
     known = {f.name for f in dataclasses.fields(RBMTrainConfig)}
     try:
         return RBMTrainConfig(**{k: v for k, v in json.loads(text).items() if k in known})
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, AttributeError, RecursionError) as err:
         raise CheckpointMismatch(f"{str(path)!r} holds an unusable RBM config ({err})") from None
 
 
 def load_checkpoint(path: str | Path) -> dict:
     """Load an RBM checkpoint without executing code (``weights_only=True``)."""
-    return _load_checkpoint(path, CHECKPOINT_FORMAT, "RBM")
+    return _load_checkpoint(path, CHECKPOINT_FORMAT, "RBM", CHECKPOINT_SCHEMA)
 
 
 def load_filters(run_dir: str | Path) -> tuple[RBMTrainConfig, np.ndarray, list[dict]]:
     """The config, the ``(epochs + 1, f, f)`` filter snapshots (row ``e`` after epoch ``e``, row 0
     the initialization) and the per-epoch history of a run directory of ``deeprg rsrg train``.
     Raises :class:`CheckpointMismatch` naming what is missing or inconsistent."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointMismatch(f"run directory {str(run_dir)!r} does not exist")
-    checkpoint = run_dir / "checkpoint.pt"
+    run = RunDir(run_dir, "rsrg")
+    if not run.path.is_dir():
+        raise CheckpointMismatch(f"run directory {str(run.path)!r} does not exist")
+    run.saved_config()  # kind and format
+    checkpoint = run.checkpoint
     if not checkpoint.exists():
-        raise CheckpointMismatch(f"run directory {str(run_dir)!r} has no checkpoint.pt")
+        raise CheckpointMismatch(f"run directory {str(run.path)!r} has no checkpoint.pt")
     state = load_checkpoint(checkpoint)
     cfg = _config_from_json(state["config"], checkpoint)
     filters = state["filters"]
