@@ -132,7 +132,7 @@ def bad(tmp_path, data, run4):
 BAD = [
     (["mcrg", "--data", "{mcrg16}", "--transform", "majority", "--levels", "5"], "--levels"),
     (["mcrg", "--data", "{mcrg16}", "--transform", "majority", "--levels", "3"], "--levels"),
-    (["mcrg", "--data", "{mcrg16}", "--transform", "majority", "--blocks", "200"], "--data"),
+    (["mcrg", "--data", "{mcrg16}", "--transform", "majority", "--blocks", "200"], "--blocks"),
     (["mcrg", "--data", "{mcrg16}", "--transform", "nowhere"], "--transform"),
     (["mcrg", "--data", "{mcrg16}", "--transform", "{garbage_run}"], "--transform"),
     (["mcrg", "--data", "{potts}", "--transform", "majority"], "model"),

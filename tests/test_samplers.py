@@ -219,13 +219,16 @@ def test_wolff_default_burn_in_counts_sweep_equivalents():
     assert 500 < run.burn_in < 500 * lat.n_sites / run.mean_cluster_size * 2
 
 
-def test_progress_bar_and_no_spins(capsys):
+def test_progress_callback_and_no_spins(capsys):
+    calls = []
     run = make_sampler("wolff", (4, 4), 0.3).run(
-        100, keep_spins=False, progress=True, observables={"m": lambda s: s.sum(axis=(1, 2))}
+        100, keep_spins=False, callback=lambda done, total: calls.append((done, total)),
+        observables={"m": lambda s: s.sum(axis=(1, 2))},
     )
     assert run.spins is None and run.series["energy"].shape == (1, 100)
     np.testing.assert_array_equal(run.series["m"], run.series["magnetization"])
-    assert "100/100" in capsys.readouterr().err
+    assert calls[-1] == (100, 100) and len(calls) == 100  # chunks of 1/100 of the run
+    assert capsys.readouterr().err == ""  # the library draws no progress bar
     with pytest.raises(ValueError, match="keep_spins"):
         run.spins_flat()
 
@@ -324,6 +327,7 @@ def test_make_sampler_rejects_bad_arguments(kwargs, match):
         ({"thin": "auto", "burn_in": 3}, "burn_in >= 4"),
         ({"n_threads": 0}, "n_threads must be an integer >= 1"),
         ({"chunk": 0}, "chunk must be an integer >= 1"),
+        ({"callback": 3}, "callback must be callable"),
         ({"observables": {"energy": np.sum}}, "observable names"),
         ({"observables": {"x": 3}}, "must be callable"),
         ({"observables": [np.sum]}, "mapping"),

@@ -1,31 +1,57 @@
-"""The ``deeprg`` command line: ``deeprg flow|exact|sample|data ...``.
+"""The ``deeprg`` command line: ``deeprg flow|exact|sample|data|rsrg|mcrg|cora ...``.
 
-Every subcommand module exposes ``add_parser(subparsers)`` and sets ``run(args) -> int``; numerical
-work lives in the library, this package only parses, validates, calls and prints.
+Every command module exposes ``add_parser(subparsers)`` and sets ``run(args) -> int``; numerical
+work lives in the library, this package only parses, validates, calls and prints. Only the
+module of the command being run is imported (:data:`COMMANDS`), so that ``deeprg --help``,
+``deeprg exact`` and ``deeprg sample`` start without importing torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import warnings
 
 from deeprg import __version__
-from deeprg.cli import cora, data, exact, flow, rsrg, sample
 from deeprg.cli.common import UsageError
-from deeprg.data import DatasetError
+
+#: Command -> (module that defines it, one-line help shown by ``deeprg --help``).
+COMMANDS = {
+    "flow": ("deeprg.cli.flow", "NeuralRG: MERA-structured normalizing flows"),
+    "exact": ("deeprg.cli.exact", "exact solutions of lattice models"),
+    "sample": ("deeprg.cli.sample", "Monte Carlo samples of lattice models"),
+    "data": ("deeprg.cli.data", "spin datasets (.npz)"),
+    "rsrg": ("deeprg.cli.rsrg", "optimal real-space RG: train the RBM projector (Chung & Kao)"),
+    "mcrg": ("deeprg.cli.rsrg", "Monte Carlo RG exponents y_t and y_h of an RG transformation"),
+    "cora": ("deeprg.cli.cora", "CORA: a stochastic MERA learned from samples (Beny 2013)"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """argparse with the package's error format: one line ``deeprg: error: ...`` and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"deeprg: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``deeprg`` parser with the full parser of the command named in ``argv`` (all
+    commands when ``argv`` is None) and a one-line entry for each other command."""
+    parser = Parser(
         prog="deeprg",
         description="Machine-learned renormalization group on lattice models.",
     )
     parser.add_argument("--version", action="version", version=f"deeprg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (flow, exact, sample, data, rsrg, cora):
-        module.add_parser(sub)
+    chosen = set(COMMANDS) if argv is None else set(argv[:1]) & set(COMMANDS)
+    for name, (module, text) in COMMANDS.items():
+        if name in chosen and name not in sub.choices:
+            importlib.import_module(module).add_parser(sub)
+    for name, (module, text) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
@@ -35,11 +61,16 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
+    from deeprg.config import ConfigError
+    from deeprg.data import DatasetError
+    from deeprg.runs import CheckpointMismatch
+
     try:
         return args.run(args)
-    except (UsageError, DatasetError, argparse.ArgumentTypeError) as err:
+    except (UsageError, DatasetError, ConfigError, CheckpointMismatch, argparse.ArgumentTypeError) as err:
         parser.exit(2, f"deeprg: error: {err}\n")
     except KeyboardInterrupt:
         print("deeprg: interrupted; nothing was written", file=sys.stderr)

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from deeprg.cli.common import print_json
-from deeprg.data import load_dataset
+from deeprg.data import SpinDataset, load_dataset
 from deeprg.mc import estimate
+
+#: Spins per chunk when computing the observables (bounds the int64 temporaries of
+#: :meth:`~deeprg.lattice.Lattice.bond_sum` to about 64 MiB per lattice direction).
+_CHUNK_SPINS = 1 << 22
+
+#: Seconds before the progress bar appears (small files show none).
+_BAR_DELAY = 1.0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,27 +27,56 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = actions.add_parser("info", help="validate a dataset and print its metadata and observables")
     q.add_argument("path", help="dataset file (.npz)")
     q.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(run=run)
+
+
+def observables(ds: SpinDataset, callback: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray]:
+    """Energy ``e = -sum_<ij> s_i s_j / N`` and magnetization ``m = sum_i s_i / N`` per site of
+    every configuration, each ``(n,)`` float64, computed in chunks; ``callback(done, n)`` after
+    each chunk (configurations done so far)."""
+    lattice = ds.lattice
+    e = np.empty(ds.n)
+    m = np.empty(ds.n)
+    step = max(1, _CHUNK_SPINS // lattice.n_sites)
+    for start in range(0, ds.n, step):
+        s = ds.spins[start : start + step]
+        e[start : start + len(s)] = -lattice.bond_sum(s) / lattice.n_sites
+        m[start : start + len(s)] = s.reshape(len(s), -1).mean(axis=1, dtype=np.float64)
+        callback(start + len(s), ds.n)
+    return e, m
+
+
+def by_chain(x: np.ndarray, n_chains: int) -> np.ndarray:
+    """A per-configuration series ``(n,)`` as ``(n_chains, n / n_chains)``, the configurations
+    taken to be stored chain after chain (as ``deeprg sample`` writes them), so that error bars
+    see each chain's own autocorrelation; as one ``(n,)`` series when ``n_chains`` does not
+    divide ``n`` into chains of at least 2."""
+    if x.size % n_chains == 0 and x.size // n_chains >= 2:
+        return x.reshape(n_chains, -1)
+    return x
 
 
 def run(args: argparse.Namespace) -> int:
     ds = load_dataset(args.path)
-    lattice = ds.lattice
-    e = -lattice.bond_sum(ds.spins) / lattice.n_sites
-    m = ds.spins.reshape(ds.n, -1).mean(axis=1, dtype=np.float64)
+    with tqdm(total=ds.n, disable=args.quiet, file=sys.stderr, unit="config", delay=_BAR_DELAY,
+              desc="observables") as bar:
+        e, m = observables(ds, lambda done, total: bar.update(done - bar.n))
+    n_chains = ds.metadata["n_chains"]
     summary = {
         "path": args.path,
         "n": ds.n,
         "metadata": ds.metadata,
-        "energy_per_site": estimate(e),
-        "m2": estimate(m**2),
+        "energy_per_site": estimate(by_chain(e, n_chains)),
+        "m2": estimate(by_chain(m**2, n_chains)),
     }
     if args.json:
         print_json(summary)
         return 0
-    print(f"{args.path}: {ds.n} configurations of shape {tuple(lattice.shape)} (valid deeprg dataset)")
+    print(f"{args.path}: {ds.n} configurations of shape {tuple(ds.lattice.shape)} (valid deeprg dataset)")
     for key, value in ds.metadata.items():
         print(f"  {key:24s} {value}")
-    print(f"  {'energy_per_site':24s} {summary['energy_per_site']}")
-    print(f"  {'m2':24s} {summary['m2']}")
+    for key in ("energy_per_site", "m2"):
+        est = summary[key]
+        print(f"  {key:24s} {est!s:>18s}   tau_int {est.tau_int:6.2f}")
     return 0

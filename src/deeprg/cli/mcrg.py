@@ -10,16 +10,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from deeprg.cli.common import UsageError, int_at_least, print_json
+from deeprg.cli.common import UsageError, int_at_least, print_json, seed, writable_file
+from deeprg.cli.cora_tools import cpu_threads
 from deeprg.data import SpinDataset, load_dataset
 from deeprg.mc.stats import format_value_error
 from deeprg.plots import exponent_vs_epoch
 from deeprg.rsrg.mcrg import (
     MCRGResult,
     check_mcrg_levels,
+    max_blocks,
     minimum_configurations,
     run_mcrg,
 )
+from deeprg.rsrg.operators import EVEN_OPERATORS
 from deeprg.rsrg.train import CheckpointMismatch, load_filters
 from deeprg.rsrg.transforms import Decimation, MajorityRule, RBMProjector, RGTransform
 from deeprg.runs import write_json
@@ -33,11 +36,12 @@ def add_actions(sub: argparse._SubParsersAction, actions: argparse._SubParsersAc
     e = actions.add_parser(
         "exponent-vs-epoch", help="MCRG y_t of the filter saved after every epoch (Chung & Kao Fig. 2)",
         description="Apply the filter of every saved epoch (and the majority rule, for reference) to "
-        "the same configurations; writes RUN/exponent_vs_epoch.json and RUN/exponent_vs_epoch.png.",
+        "the same configurations; writes RUN/exponent_vs_epoch.json and RUN/exponent_vs_epoch.png (replacing "
+        "those of an earlier call; both are checked to be writable before any work).",
     )
     e.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg rsrg train'")
     _add_mcrg_options(e, levels=1)
-    e.add_argument("--couplings", type=int_at_least(1), default=7, help="N_c even couplings, 1..7 [7]")
+    e.add_argument("--couplings", type=int_at_least(1), default=7, help="N_c even couplings, 1 .. 7 [7]")
     e.set_defaults(run=run_exponent_vs_epoch)
 
     m = sub.add_parser(
@@ -54,10 +58,12 @@ def add_actions(sub: argparse._SubParsersAction, actions: argparse._SubParsersAc
 
 def _add_mcrg_options(p: argparse.ArgumentParser, levels: int) -> None:
     p.add_argument("--data", required=True, help="configurations (.npz, Ising, 2D)")
-    p.add_argument("--levels", type=int_at_least(1), default=levels, help=f"RG steps N_r [{levels}]")
-    p.add_argument("--blocks", type=int_at_least(2), default=32, help="jackknife blocks [32]")
-    p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed of the transformations [0]")
-    p.add_argument("--threads", type=int_at_least(1), help="torch CPU threads (RBM projector)")
+    p.add_argument("--levels", type=int_at_least(1), default=levels,
+                   help=f"RG steps N_r, 1 .. log2(L / 4) at most (and as far as the filter fits) [{levels}]")
+    p.add_argument("--blocks", type=int_at_least(2), default=32,
+                   help="jackknife blocks, 2 .. half the configurations [32]")
+    p.add_argument("--seed", type=seed, default=0, help="random seed of the transformations, 0 .. 2^64 - 1 [0]")
+    p.add_argument("--threads", type=cpu_threads, help="torch CPU threads (RBM projector), 1 .. the number of CPUs")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -87,10 +93,12 @@ def _check_mcrg(args: argparse.Namespace, ds: SpinDataset, transforms: list[RGTr
         check_mcrg_levels(tuple(ds.metadata["lattice_shape"]), transforms, args.levels)
     except ValueError as err:
         raise UsageError(f"--levels: {err}") from None
-    need = minimum_configurations(args.blocks)
-    if ds.n < need:
-        raise UsageError(f"--data: {ds.n} configurations are too few for the jackknife with --blocks "
-                         f"{args.blocks} (need at least {need})")
+    if ds.n < minimum_configurations(2):
+        raise UsageError(f"--data: {ds.n} configurations are too few for MCRG (need at least "
+                         f"{minimum_configurations(2)})")
+    if args.blocks > max_blocks(ds.n):
+        raise UsageError(f"--blocks: must be between 2 and {max_blocks(ds.n)} for the {ds.n} configurations of "
+                         f"--data (at least 2 per block), got {args.blocks}")
 
 
 def _run(args: argparse.Namespace, ds: SpinDataset, transforms: list[RGTransform]) -> list[MCRGResult]:
@@ -140,15 +148,19 @@ def run_mcrg_command(args: argparse.Namespace) -> int:
 
 # ---- rsrg exponent-vs-epoch ------------------------------------------------------------------
 def run_exponent_vs_epoch(args: argparse.Namespace) -> int:
+    if args.couplings > len(EVEN_OPERATORS):
+        raise UsageError(f"--couplings: must be between 1 and {len(EVEN_OPERATORS)}, got {args.couplings}")
     run_dir = Path(args.run_dir)
     try:
-        cfg, filters, _ = load_filters(run_dir)
+        _, filters, _ = load_filters(run_dir)
     except CheckpointMismatch as err:
         raise UsageError(f"RUN: {err}") from None
     if len(filters) < 2:
         raise UsageError(f"RUN: {str(run_dir)!r} has no completed epoch yet")
-    if args.couplings > 7:
-        raise UsageError(f"--couplings: must be between 1 and 7, got {args.couplings}")
+    outputs = [writable_file(str(run_dir / f"exponent_vs_epoch.{ext}"), "RUN") for ext in ("json", "png")]
+    if Path(args.data).resolve() in [p.resolve() for p in outputs]:
+        raise UsageError(f"--data: {args.data!r} is an output of this command ({outputs[0].name} and "
+                         f"{outputs[1].name} in RUN); move or rename it")
     ds = _load_data(args.data)
     epochs = list(range(1, len(filters)))
     transforms = [RBMProjector(filters[e]) for e in epochs] + [MajorityRule()]
@@ -160,11 +172,11 @@ def run_exponent_vs_epoch(args: argparse.Namespace) -> int:
     summary = {"epochs": epochs, "levels": args.levels, "couplings": args.couplings, "y_t": table,
                "majority_y_t": majority, "n_configurations": results[0].n_configurations,
                "n_blocks": args.blocks, "seed": args.seed, "data": args.data}
-    write_json(run_dir / "exponent_vs_epoch.json", summary)
+    write_json(outputs[0], summary)
     last = args.levels - 1
     means = np.array([r.y_t[last][k].mean for r in results[:-1]])
     errors = np.array([r.y_t[last][k].error for r in results[:-1]])
-    exponent_vs_epoch(np.array(epochs), means, errors, run_dir / "exponent_vs_epoch.png",
+    exponent_vs_epoch(np.array(epochs), means, errors, outputs[1],
                       {f"majority rule {format_value_error(results[-1].y_t[last][k].mean, results[-1].y_t[last][k].error)}":
                        results[-1].y_t[last][k].mean, "exact": EXACT["y_t"]},
                       title=f"N_r = {args.levels}, N_c = {args.couplings}, {summary['n_configurations']} configurations")
@@ -180,5 +192,5 @@ def run_exponent_vs_epoch(args: argparse.Namespace) -> int:
     maj = results[-1]
     print(f"{'maj.':>5}  " + "  ".join(f"{format_value_error(maj.y_t[n][k].mean, maj.y_t[n][k].error):<14}"
                                      for n in range(args.levels)))
-    print(f"wrote {run_dir / 'exponent_vs_epoch.json'} and {run_dir / 'exponent_vs_epoch.png'}")
+    print(f"wrote {outputs[0]} and {outputs[1]}")
     return 0

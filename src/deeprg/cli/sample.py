@@ -3,15 +3,56 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from deeprg import Lattice, __version__
-from deeprg.cli.common import coupling, int_at_least, print_json, writable_file
+from deeprg.cli.common import (
+    UsageError,
+    coupling,
+    int_at_least,
+    print_json,
+    writable_file,
+)
 from deeprg.data import SpinDataset, save_dataset
 from deeprg.mc import SAMPLERS, estimate, jackknife, make_sampler
-from deeprg.models.exact import ising_chain, kaufman
+from deeprg.mc.samplers import MIN_AUTO_BURN_IN
+from deeprg.models.exact import exact_solution
+
+#: Blocks of the jackknife error bar of the specific heat (cut along each chain's time axis).
+JACKKNIFE_BLOCKS = 32
+
+#: Fewest saved configurations per chain: one per jackknife block; fewer leave the specific heat
+#: and the autocorrelation-corrected error bars undefined.
+MIN_PER_CHAIN = JACKKNIFE_BLOCKS
+
+#: Smallest coupling accepted. The samplers test probabilities with 53-bit resolution
+#: (:func:`deeprg.mc.kernels.probability_threshold`), and everything K does is carried by
+#: probabilities of order 2K (the bond probability 1 - exp(-2K) of the cluster updates, the
+#: rejection probability 1 - exp(-2Kx) of Metropolis): their relative error is up to
+#: 2^-53 / (2K), 5.6e-7 at this K; below ~6e-17 the sampled coupling is 2^-54 whatever K is.
+MIN_BETA = 1e-10
+
+#: Seeds are integers in [0, 2^64).
+SEED_LIMIT = 2**64
+
+#: Peak bytes per spin of the saved configurations: the int8 result plus the same-sized
+#: temporaries of validating and writing the dataset (measured: 3.2 on 64x64, 5.3 on 8x8 with the
+#: series included).
+_SPIN_BYTES = 4
+
+#: Bytes per saved configuration besides its spins: the float64 energy and magnetization series
+#: and the per-site copies, squares and jackknife samples the summary computes from them.
+_SERIES_BYTES = 128
+
+#: Bytes per site of the lattice's tables (coordinates, neighbour table and its int32 copy,
+#: bonds, the Metropolis order) and of one chain's state (spins and scratch buffers).
+_LATTICE_SITE_BYTES = 128
+_CHAIN_SITE_BYTES = 8
 
 
 def thinning(value: str) -> int | str:
@@ -33,43 +74,97 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--L", type=int_at_least(2), default=32, help="linear size [32]")
     q.add_argument("--d", type=int, choices=(1, 2, 3), default=2, help="dimension [2]")
     q.add_argument("--beta", type=coupling, default="critical",
-                   help="coupling K = beta J: 'critical' (square-lattice K_c) or a number > 0 [critical]")
-    q.add_argument("--n", type=int_at_least(1), default=20000, help="configurations to save [20000]")
+                   help=f"coupling K = beta J: 'critical' (square-lattice K_c) or a number >= {MIN_BETA:g} "
+                   "[critical]")
+    q.add_argument("--n", type=int_at_least(1), default=20000,
+                   help=f"configurations to save, at least {MIN_PER_CHAIN} per chain [20000]")
     q.add_argument("--sampler", choices=SAMPLERS, default="wolff", help="update [wolff]")
     q.add_argument("--chains", type=int_at_least(1), default=2,
                    help="independent chains, run in parallel; must divide --n [2]")
     q.add_argument("--threads", type=int_at_least(1), default=None, help="threads [min(chains, cores)]")
     q.add_argument("--thin", type=thinning, default="auto",
-                   help="updates between saved configurations, or 'auto' (2 tau_int of the energy) [auto]")
+                   help="updates between saved configurations, or 'auto' (2 tau_int of the energy, "
+                   "measured in the second half of the burn-in) [auto]")
     q.add_argument("--burn-in", type=int_at_least(0), default=None,
-                   help="updates discarded first [sampler default]")
-    q.add_argument("--seed", type=int_at_least(0), default=0, help="random seed [0]")
+                   help=f"updates discarded first; >= {MIN_AUTO_BURN_IN} with --thin auto [sampler default]")
+    q.add_argument("--seed", type=int_at_least(0), default=0, help="random seed in [0, 2^64) [0]")
     q.add_argument("--out", required=True, help="output dataset (.npz)")
     q.add_argument("--json", action="store_true", help="print a machine-readable summary")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(run=run)
 
 
-def exact_thermo(lattice: Lattice, K: float):
-    """Exact energy and specific heat where known (1D chain, 2D Kaufman), else ``None``."""
-    if lattice.d == 1:
-        return ising_chain(lattice.shape[0], K)
-    if lattice.d == 2:
-        return kaufman(*lattice.shape, K)
-    return None
+def available_memory() -> int:
+    """Free physical memory in bytes (``os.sysconf``: available pages times the page size)."""
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def estimated_memory(n: int, n_sites: int, chains: int) -> int:
+    """Bytes a run of ``n`` configurations of ``n_sites`` sites in ``chains`` chains needs at its
+    peak (an upper estimate): the int8 configurations (``n * n_sites``, also the size of the
+    output before compression) and the temporaries of writing them, their series and statistics,
+    the lattice's tables and the chains' state."""
+    return n * (_SPIN_BYTES * n_sites + _SERIES_BYTES) + n_sites * (_LATTICE_SITE_BYTES + chains * _CHAIN_SITE_BYTES)
+
+
+def _format_bytes(b: float) -> str:
+    """``b`` bytes with a binary unit, 3 significant digits: ``'9.54 GiB'``."""
+    unit = 0
+    while b >= 1024 and unit < 5:
+        b /= 1024
+        unit += 1
+    return f"{b:.3g} {('B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB')[unit]}"
+
+
+def check_args(args: argparse.Namespace) -> Path:
+    """Refuse, before any work, what cannot give a valid dataset and summary (:class:`UsageError`
+    naming the option and what is allowed); returns the output path."""
+    out = writable_file(args.out, "--out")
+    if args.n % args.chains:
+        raise UsageError(f"--n ({args.n}) must be a multiple of --chains ({args.chains})")
+    if args.n // args.chains < MIN_PER_CHAIN:
+        raise UsageError(
+            f"--n: {args.n} configurations in {args.chains} chains is {args.n // args.chains} per "
+            f"chain; need at least {MIN_PER_CHAIN} per chain (the error bars are autocorrelation "
+            f"and {JACKKNIFE_BLOCKS}-block jackknife estimates along each chain), so --n >= "
+            f"{MIN_PER_CHAIN * args.chains} with --chains {args.chains}")
+    if args.thin == "auto" and args.burn_in is not None and args.burn_in < MIN_AUTO_BURN_IN:
+        raise UsageError(
+            f"--burn-in: --thin auto measures tau_int of the energy in the second half of the "
+            f"burn-in, so it needs --burn-in >= {MIN_AUTO_BURN_IN} (better 100 tau_int or more; "
+            f"omit it for the sampler default), got {args.burn_in}; or give --thin a number")
+    if args.beta < MIN_BETA:
+        raise UsageError(
+            f"--beta: must be 'critical' or a number >= {MIN_BETA:g}, got {args.beta:g}: the "
+            "samplers resolve probabilities to 2^-53, too coarse for the probabilities ~2K through "
+            "which a smaller K acts (K -> 0 is the infinite-temperature limit: independent spins)")
+    if args.seed >= SEED_LIMIT:
+        raise UsageError(f"--seed: must be an integer in [0, 2^64), got {args.seed}")
+    n_sites = args.L**args.d
+    need = estimated_memory(args.n, n_sites, args.chains)
+    free = available_memory()
+    if need > free:
+        raise UsageError(
+            f"--n/--L: {args.n} configurations of {args.L}^{args.d} sites need about "
+            f"{_format_bytes(need)} of memory ({_format_bytes(args.n * n_sites)} of spins, the "
+            f"size of the output before compression), more than the {_format_bytes(free)} "
+            "available; lower --n or --L")
+    if n_sites >= 2**31:
+        raise UsageError(f"--L: {args.L}^{args.d} sites; the samplers index sites with 32-bit "
+                         f"integers, so L^d must be < 2^31")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
-    out = writable_file(args.out, "--out")
-    if args.n % args.chains:
-        raise argparse.ArgumentTypeError(
-            f"--n ({args.n}) must be a multiple of --chains ({args.chains})")
+    out = check_args(args)
     lattice = Lattice.square(args.L, args.d)
     sampler = make_sampler(args.sampler, lattice, args.beta, seed=args.seed, n_chains=args.chains)
-    result = sampler.run(
-        args.n, thin=args.thin, burn_in=args.burn_in, n_threads=args.threads,
-        progress=not args.quiet,
-    )
+    with tqdm(total=args.n, disable=args.quiet, file=sys.stderr, unit="config",
+              desc=f"{args.sampler} {lattice}") as bar:
+        result = sampler.run(
+            args.n, thin=args.thin, burn_in=args.burn_in, n_threads=args.threads,
+            callback=lambda done, total: bar.update(done - bar.n),
+        )
     n_sites = lattice.n_sites
     e = result.series["energy"] / n_sites
     m = result.series["magnetization"] / n_sites
@@ -88,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
         "energy_per_site": energy,
         "m2": estimate(m**2),
         "abs_m": estimate(np.abs(m)),
-        "specific_heat_per_site": jackknife(lambda x: K * K * n_sites * np.var(x), e),
+        "specific_heat_per_site": jackknife(lambda x: K * K * n_sites * np.var(x), e,
+                                            n_blocks=JACKKNIFE_BLOCKS),
         "tau_int": energy.tau_int,
         "samples_per_second": args.n / result.seconds,
         "seconds": result.seconds,
@@ -97,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         "out": str(out),
         "deeprg_version": __version__,
     }
-    exact = exact_thermo(lattice, K)
+    exact = exact_solution(lattice, K)
     if exact is not None:
         summary["exact_energy_per_site"] = exact.energy_per_site
         summary["exact_specific_heat_per_site"] = exact.specific_heat_per_site
@@ -124,7 +220,7 @@ def print_summary(s: dict, file) -> None:
             ("m2", None), ("abs_m", None)]
     for key, exact_key in rows:
         est = s[key]
-        line = f"  {key:24s} {str(est):>18s}   tau_int {est.tau_int:6.2f}"
+        line = f"  {key:24s} {est!s:>18s}   tau_int {est.tau_int:6.2f}"
         if exact_key and s[exact_key] is not None:
             dev = (est.mean - s[exact_key]) / est.error if est.error > 0 else float("nan")
             line += f"   exact {s[exact_key]:.8f} ({dev:+.1f} sigma)"

@@ -103,7 +103,7 @@ def _option_names(command: TrainCommand) -> dict[str, str]:
 
 def _resolve(args: argparse.Namespace, command: TrainCommand, run: RunDir, fixed: dict):
     cls = command.config_class
-    requested = {opt.key: getattr(args, opt.key) for opt in command.options}
+    requested = {opt.key: getattr(args, opt.key) for opt in command.options if getattr(args, opt.key) is not None}
     try:
         if not args.resume:
             return load_config(cls, args.config, {**fixed, **requested})

@@ -1,6 +1,15 @@
-"""Monte Carlo: spin samplers (numba kernels), hybrid Monte Carlo, and statistics with error bars."""
+"""Monte Carlo: spin samplers (update rules over numba kernels, one driver), hybrid Monte Carlo,
+and statistics with error bars."""
 
-from deeprg.mc.samplers import DEFAULT_BURN_IN_SWEEPS, SAMPLERS, SampleRun, Sampler, make_sampler
+from deeprg.mc.rules import (
+    DEFAULT_BURN_IN_SWEEPS,
+    RULES,
+    MetropolisRule,
+    SwendsenWangRule,
+    UpdateRule,
+    WolffRule,
+)
+from deeprg.mc.samplers import SAMPLERS, Sampler, SampleRun, make_sampler
 from deeprg.mc.stats import (
     BinningResult,
     Estimate,
@@ -14,11 +23,16 @@ from deeprg.mc.stats import (
 
 __all__ = [
     "DEFAULT_BURN_IN_SWEEPS",
+    "RULES",
     "SAMPLERS",
     "BinningResult",
     "Estimate",
+    "MetropolisRule",
     "SampleRun",
     "Sampler",
+    "SwendsenWangRule",
+    "UpdateRule",
+    "WolffRule",
     "autocorrelation",
     "binning",
     "estimate",

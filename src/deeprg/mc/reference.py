@@ -19,7 +19,7 @@ from deeprg.lattice import Lattice
 from deeprg.mc.samplers import make_sampler
 from deeprg.mc.stats import Estimate, estimate
 from deeprg.models.enumeration import Enumeration
-from deeprg.models.exact import ising_chain, kaufman
+from deeprg.models.exact import exact_solution
 
 __all__ = ["ising_reference"]
 
@@ -37,11 +37,10 @@ def ising_reference(lattice: Lattice, K: float, n_samples: int = 20_000, seed: i
         enum = Enumeration(lattice, K)
         return {"structure_factor": _exact(enum.mean(lambda s: s.reshape(len(s), -1).sum(1) ** 2.0) / n**2),
                 "energy_per_site": _exact(-enum.mean(lattice.bond_sum) / n)}
-    run = make_sampler("wolff", lattice, K, seed=seed, n_chains=2).run(n_samples, progress=False)
+    run = make_sampler("wolff", lattice, K, seed=seed, n_chains=2).run(n_samples)
     out = {"structure_factor": estimate((run.series["magnetization"] / n) ** 2),
            "energy_per_site": estimate(run.series["energy"] / n)}
-    if lattice.d == 2:
-        out["energy_per_site"] = _exact(kaufman(*lattice.shape, K).energy_per_site)
-    elif lattice.d == 1:
-        out["energy_per_site"] = _exact(ising_chain(n, K).energy_per_site)
+    exact = exact_solution(lattice, K)
+    if exact is not None:
+        out["energy_per_site"] = _exact(exact.energy_per_site)
     return out

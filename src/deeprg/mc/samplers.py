@@ -1,17 +1,18 @@
 """Markov-chain Monte Carlo samplers of the Ising model ``H = -K sum_<ij> s_i s_j``.
 
-One API over three update kernels (:mod:`deeprg.mc.kernels`)::
+One generic driver, :class:`Sampler`, over the update rules of :mod:`deeprg.mc.rules` (each
+wrapping one numba kernel of :mod:`deeprg.mc.kernels`)::
 
     sampler = make_sampler("wolff", Lattice((32, 32)), K_C, seed=1, n_chains=2)
+    # the same: Sampler(WolffRule(Lattice((32, 32)), K_C), seed=1, n_chains=2)
     run = sampler.run(100_000, thin="auto")      # burn-in, then 50_000 samples per chain
     run.spins            # (2, 50_000, 32, 32) int8
     run.series["energy"] # (2, 50_000) float64, E = -sum_<ij> s_i s_j (units of J)
 
 Units of Monte Carlo time ("updates"): one Wolff cluster flip (``"wolff"``), one full
-Swendsen-Wang update (``"sw"``), one Metropolis sweep over all N sites (``"metropolis"``;
-checkerboard order on even lattices, else sequential; zero-energy flips are accepted with
-probability 0.99 instead of 1, which makes the fixed-order sweep ergodic, see
-:func:`deeprg.mc.kernels.acceptance_probabilities`).
+Swendsen-Wang update (``"sw"``), one Metropolis sweep over all N sites (``"metropolis"``); see
+:mod:`deeprg.mc.rules`. Progress is reported through an optional ``callback(done, total)``
+(saved samples, all chains together); the library draws no progress bar.
 
 Chains start from independent uniformly random configurations (hot start) and each owns one
 random stream seeded from ``numpy.random.SeedSequence(seed).spawn(n_chains)``, so results depend
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,22 +32,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
 
 from deeprg.lattice import Lattice
 from deeprg.mc import kernels
+from deeprg.mc.rules import DEFAULT_BURN_IN_SWEEPS, RULES, UpdateRule
 from deeprg.mc.stats import integrated_autocorr_time
 from deeprg.models.ising import parse_coupling
 
-__all__ = ["DEFAULT_BURN_IN_SWEEPS", "SAMPLERS", "SampleRun", "Sampler", "make_sampler"]
+__all__ = [
+    "DEFAULT_BURN_IN_SWEEPS",
+    "MIN_AUTO_BURN_IN",
+    "SAMPLERS",
+    "SampleRun",
+    "Sampler",
+    "make_sampler",
+]
 
-#: Names accepted by :func:`make_sampler`.
-SAMPLERS = ("wolff", "sw", "metropolis")
+#: Names accepted by :func:`make_sampler`: ``("wolff", "sw", "metropolis")``.
+SAMPLERS = tuple(RULES)
 
-#: Default burn-in in sweep-equivalents (N spin updates): that many updates for ``"sw"`` and
-#: ``"metropolis"``; for ``"wolff"`` as many cluster flips as flip ``DEFAULT_BURN_IN_SWEEPS * N``
-#: sites in total at the measured mean cluster size.
-DEFAULT_BURN_IN_SWEEPS = 500
+#: Smallest explicit ``burn_in`` that ``thin="auto"`` accepts: its pilot (the second half of the
+#: burn-in) needs at least two updates per chain to measure an autocorrelation time.
+MIN_AUTO_BURN_IN = 4
 
 #: A pilot (the recorded second half of the burn-in) shorter than this many ``tau_int`` of the
 #: energy gives a warning when ``thin="auto"``.
@@ -57,6 +63,9 @@ _MIN_PILOT_IN_TAU = 50.0
 _CHUNK_BYTES = 1 << 24
 
 Observable = Callable[[np.ndarray], np.ndarray]
+
+#: ``callback(done, total)``: saved samples so far and in all, all chains together.
+Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -83,7 +92,8 @@ class SampleRun:
     seconds:
         Wall time of the call (burn-in, sampling, measurements), in seconds.
     mean_cluster_size:
-        Wolff only: mean number of sites per cluster flip during sampling; else ``None``.
+        Rules that count flipped sites (Wolff) only: mean number of sites per cluster flip
+        during sampling; else ``None``.
     pilot_tau_int:
         With ``thin="auto"``: integrated autocorrelation time of the energy, in updates,
         measured in the pilot (``thin = max(1, ceil(2 pilot_tau_int))``); else ``None``.
@@ -141,39 +151,51 @@ def _check_int(value, name: str, minimum: int) -> int:
 
 
 class Sampler:
-    """``n_chains`` independent Markov chains of one update kind; build with
-    :func:`make_sampler`.
+    """``n_chains`` independent Markov chains driven by one :class:`~deeprg.mc.rules.UpdateRule`.
 
-    Attributes: ``name``, ``lattice``, ``K``, ``seed``, ``n_chains``, ``n_updates`` (updates per
-    chain so far), ``equilibrated`` (whether a burn-in has been done).
+    The sampler owns the chain state: the spins ``(n_chains, N)`` int8 and one xoshiro256**
+    stream per chain (:func:`deeprg.mc.kernels.seed_states`); the rule only advances one chain
+    at a time. Chains run concurrently in threads (the kernels release the GIL).
+
+    Parameters
+    ----------
+    rule:
+        The update, e.g. ``WolffRule(Lattice((32, 32)), K_C)``.
+    seed:
+        Integer >= 0; chain ``c`` uses ``numpy.random.SeedSequence(seed).spawn(n_chains)[c]``.
+    n_chains:
+        Number of independent chains, >= 1.
+
+    Attributes: ``rule``, ``name``, ``lattice``, ``K`` (those of the rule), ``seed``,
+    ``n_chains``, ``n_updates`` (updates per chain so far), ``equilibrated`` (whether a burn-in
+    has been done).
     """
 
-    def __init__(self, name: str, lattice: Lattice, K: float, seed: int, n_chains: int) -> None:
-        self.name = name
-        self.lattice = lattice
-        self.K = K
-        self.seed = seed
-        self.n_chains = n_chains
+    def __init__(self, rule: UpdateRule, seed: int = 0, n_chains: int = 1) -> None:
+        if not isinstance(rule, UpdateRule):
+            raise ValueError(f"rule must be an UpdateRule, got {type(rule).__name__}")
+        self.rule = rule
+        self.seed = _check_int(seed, "seed", 0)
+        self.n_chains = _check_int(n_chains, "n_chains", 1)
         self.n_updates = 0
         self.equilibrated = False
-        n = lattice.n_sites
-        # Writable C-contiguous copy: numba compiles one specialization for it.
-        self._nbr = np.array(lattice.neighbors, dtype=np.int32, order="C")
-        self._rng = kernels.seed_states(seed, n_chains)
-        self._spins = np.empty((n_chains, n), dtype=np.int8)
-        for c in range(n_chains):
+        self._rng = kernels.seed_states(self.seed, self.n_chains)
+        self._spins = np.empty((self.n_chains, rule.lattice.n_sites), dtype=np.int8)
+        for c in range(self.n_chains):
             kernels.random_spins(self._spins[c], self._rng[c])
-        p_add = -math.expm1(-2.0 * K)
-        if name == "wolff":
-            self._threshold = kernels.probability_threshold(p_add)
-            self._stack = np.empty((n_chains, n), dtype=np.int32)
-        elif name == "sw":
-            self._threshold = kernels.probability_threshold(p_add)
-            self._parent = np.empty((n_chains, n), dtype=np.int32)
-            self._decision = np.empty((n_chains, n), dtype=np.int8)
-        else:
-            self._order = kernels.metropolis_order(lattice.shape)
-            self._thresholds = kernels.acceptance_thresholds(K, 2 * lattice.d)
+        self._scratch = rule.new_scratch(self.n_chains)
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+    @property
+    def lattice(self) -> Lattice:
+        return self.rule.lattice
+
+    @property
+    def K(self) -> float:
+        return self.rule.K
 
     def __repr__(self) -> str:
         return (
@@ -186,42 +208,23 @@ class Sampler:
         """Current configuration of every chain, ``(n_chains, *lattice.shape)`` int8 (a copy)."""
         return self._spins.reshape((self.n_chains,) + self.lattice.shape).copy()
 
-    # ---- kernel dispatch -------------------------------------------------------------------
-    def _advance(self, c: int, n_between: int, out_spins, out_e, out_m) -> int:
-        """Chain ``c``: ``out_e.shape[0]`` times ``n_between`` updates then a measurement.
-        Returns the number of flipped sites for Wolff, else 0."""
-        if self.name == "wolff":
-            return int(
-                kernels.wolff_chain(
-                    self._spins[c], self._nbr, self._threshold, n_between,
-                    out_spins, out_e, out_m, self._rng[c], self._stack[c],
-                )
-            )
-        if self.name == "sw":
-            kernels.sw_chain(
-                self._spins[c], self._nbr, self._threshold, n_between,
-                out_spins, out_e, out_m, self._rng[c], self._parent[c], self._decision[c],
-            )
-        else:
-            kernels.metropolis_chain(
-                self._spins[c], self._nbr, self._order, self._thresholds, n_between,
-                out_spins, out_e, out_m, self._rng[c],
-            )
-        return 0
-
+    # ---- driving the rule ------------------------------------------------------------------
     def _advance_all(
         self, n_between: int, n_save: int, spins_out: np.ndarray | None, pool
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """All chains: ``n_save`` times ``n_between`` updates and a measurement. Configurations
         go to ``spins_out`` ((n_chains, n_save, N) int8) when given. Returns energies and
-        magnetizations ``(n_chains, n_save)`` and the total Wolff cluster sites."""
+        magnetizations ``(n_chains, n_save)`` and the flipped sites of all chains (counted by
+        rules with ``counts_cluster_sites``, else 0)."""
         energy = np.empty((self.n_chains, n_save))
         mag = np.empty((self.n_chains, n_save))
         no_spins = np.empty((0, self.lattice.n_sites), dtype=np.int8)
 
         def task(c: int) -> int:
             out = no_spins if spins_out is None else spins_out[c]
-            return self._advance(c, n_between, out, energy[c], mag[c])
+            scratch = tuple(a[c] for a in self._scratch)
+            return self.rule.advance(self._spins[c], self._rng[c], scratch, n_between, out,
+                                     energy[c], mag[c])
 
         if pool is None:
             sites = sum(task(c) for c in range(self.n_chains))
@@ -230,29 +233,22 @@ class Sampler:
         self.n_updates += n_between * n_save
         return energy, mag, sites
 
-    # ---- burn-in ---------------------------------------------------------------------------
     def _burn_in(self, burn_in: int | None, record: bool, pool) -> tuple[int, np.ndarray | None]:
         """Discard updates; returns ``(updates per chain, pilot)`` where the pilot is the energy
-        after every update of the second half of the burn-in, ``(n_chains, n)``, if ``record``."""
-        if burn_in is None and self.name == "wolff":
-            return self._wolff_default_burn_in(record, pool)
-        n = DEFAULT_BURN_IN_SWEEPS if burn_in is None else burn_in
-        if not record:
-            if n > 0:
-                self._advance_all(n, 1, None, pool)
-            return n, None
-        half = n // 2
-        if n - half > 0:
-            self._advance_all(n - half, 1, None, pool)
-        pilot = self._advance_all(1, half, None, pool)[0] if half > 0 else None
-        return n, pilot
+        after every update of the second half of the burn-in, ``(n_chains, n)``, if ``record``.
 
-    def _wolff_default_burn_in(self, record: bool, pool) -> tuple[int, np.ndarray | None]:
-        """Cluster flips until ``DEFAULT_BURN_IN_SWEEPS * N`` sites have been flipped per chain
-        at the mean cluster size measured so far (pooled over chains), in rounds."""
-        target_sites = DEFAULT_BURN_IN_SWEEPS * self.lattice.n_sites
+        ``burn_in=None``: the rule's default (:meth:`UpdateRule.burn_in_updates`), in rounds
+        until the updates done reach the updates needed at the mean cluster size measured so
+        far (pooled over chains); the pilot is the last ``done - done // 2`` updates. Explicit
+        ``burn_in``: ``burn_in - burn_in // 2`` updates, then a pilot of ``burn_in // 2``."""
+        if burn_in is not None:
+            half = burn_in // 2 if record else 0
+            if burn_in - half > 0:
+                self._advance_all(burn_in - half, 1, None, pool)
+            pilot = self._advance_all(1, half, None, pool)[0] if half > 0 else None
+            return burn_in, pilot
         done, sites, rounds = 0, 0.0, []
-        size = DEFAULT_BURN_IN_SWEEPS
+        size = self.rule.burn_in_updates(0, 0.0)
         while True:
             if record:
                 energy, _, s = self._advance_all(1, size, None, pool)
@@ -261,7 +257,7 @@ class Sampler:
                 s = self._advance_all(size, 1, None, pool)[2]
             done += size
             sites += s / self.n_chains
-            needed = math.ceil(target_sites * done / sites)
+            needed = self.rule.burn_in_updates(done, sites)
             if done >= needed:
                 break
             size = needed - done
@@ -293,7 +289,7 @@ class Sampler:
         keep_spins: bool = True,
         chunk: int | None = None,
         n_threads: int | None = None,
-        progress: bool = False,
+        callback: Progress | None = None,
     ) -> Iterator[SampleRun]:
         """Sample in chunks; yields one :class:`SampleRun` per chunk of ``chunk`` saved samples
         per chain (the last may be shorter), so that long runs need not be held in memory.
@@ -318,11 +314,12 @@ class Sampler:
             Whether the chunks carry the configurations.
         chunk:
             Saved samples per chain per chunk; default: at most 16 MiB of spins per chunk and,
-            with ``progress``, at most 1/100 of the run.
+            with a ``callback``, at most 1/100 of the run.
         n_threads:
             Threads running chains concurrently; default ``min(n_chains, os.cpu_count())``.
-        progress:
-            Show a tqdm progress bar over saved samples on stderr.
+        callback:
+            Called as ``callback(done, total)`` after each chunk, with ``done`` the saved
+            samples so far (all chains together, increasing, ending at ``total = n_samples``).
 
         The arguments are checked when ``stream`` is called; the burn-in runs when the first
         chunk is requested. Each chunk's ``seconds`` is its own wall time (the first includes
@@ -333,19 +330,22 @@ class Sampler:
             thin = _check_int(thin, "thin (or 'auto')", 1)
         if burn_in is not None:
             burn_in = _check_int(burn_in, "burn_in", 0)
-        if thin == "auto" and burn_in is not None and burn_in < 4:
+        if thin == "auto" and burn_in is not None and burn_in < MIN_AUTO_BURN_IN:
             raise ValueError(
-                f"thin='auto' needs burn_in >= 4 (or None) for its pilot, got {burn_in}"
+                f"thin='auto' needs burn_in >= {MIN_AUTO_BURN_IN} (or None) for its pilot, "
+                f"got {burn_in}"
             )
         obs = self._check_observables(observables)
         n_threads = self._check_threads(n_threads)
+        if callback is not None and not callable(callback):
+            raise ValueError(f"callback must be callable as callback(done, total), got {callback!r}")
         if chunk is None:
             chunk = max(1, _CHUNK_BYTES // (self.n_chains * self.lattice.n_sites))
-            if progress:
+            if callback is not None:
                 chunk = min(chunk, max(1, n_per_chain // 100))
         chunk = min(_check_int(chunk, "chunk", 1), n_per_chain)
         return self._generate(n_per_chain, thin, burn_in, obs, keep_spins, chunk, n_threads,
-                              progress)
+                              callback)
 
     def _generate(
         self,
@@ -356,16 +356,15 @@ class Sampler:
         keep_spins: bool,
         chunk: int,
         n_threads: int,
-        progress: bool,
+        callback: Progress | None,
     ) -> Iterator[SampleRun]:
         """The generator behind :meth:`stream` (arguments already checked)."""
         shape = self.lattice.shape
         auto = thin == "auto"
         if burn_in is None and self.equilibrated and not auto:
             burn_in = 0
+        counts_sites = self.rule.counts_cluster_sites
         pool = ThreadPoolExecutor(n_threads) if n_threads > 1 else None
-        bar = tqdm(total=n_per_chain * self.n_chains, disable=not progress, file=sys.stderr,
-                   desc=f"{self.name} {self.lattice}", unit="sample")
         try:
             t0 = time.perf_counter()
             burn_in, pilot = self._burn_in(burn_in, auto, pool)
@@ -386,19 +385,19 @@ class Sampler:
                 for name, f in obs.items():
                     series[name] = self._evaluate(name, f, spins)
                 done += m
-                bar.update(m * self.n_chains)
+                if callback is not None:
+                    callback(done * self.n_chains, n_per_chain * self.n_chains)
                 t1 = time.perf_counter()
                 yield SampleRun(
                     sampler=self.name, lattice=self.lattice, K=self.K, seed=self.seed,
                     n_chains=self.n_chains, thin=thin, burn_in=burn_in,
                     spins=spins if keep_spins else None, series=series, seconds=t1 - t0,
                     mean_cluster_size=(sites / (self.n_chains * m * thin)
-                                       if self.name == "wolff" else None),
+                                       if counts_sites else None),
                     pilot_tau_int=tau,
                 )
                 t0 = time.perf_counter()
         finally:
-            bar.close()
             if pool is not None:
                 pool.shutdown()
 
@@ -410,7 +409,7 @@ class Sampler:
         observables: Mapping[str, Observable] | None = None,
         keep_spins: bool = True,
         n_threads: int | None = None,
-        progress: bool = False,
+        callback: Progress | None = None,
         chunk: int | None = None,
     ) -> SampleRun:
         """Burn in (see :meth:`stream`), then save ``n_samples`` samples (``n_samples /
@@ -420,7 +419,7 @@ class Sampler:
         t0 = time.perf_counter()
         chunks = self.stream(n_samples, thin=thin, burn_in=burn_in, observables=observables,
                              keep_spins=keep_spins, chunk=chunk, n_threads=n_threads,
-                             progress=progress)
+                             callback=callback)
         n_per_chain = n_samples // self.n_chains
         spins, series, first, done, sites = None, {}, None, 0, 0.0
         for part in chunks:  # copied into preallocated arrays: peak memory = result + 1 chunk
@@ -441,7 +440,7 @@ class Sampler:
             sampler=self.name, lattice=self.lattice, K=self.K, seed=self.seed,
             n_chains=self.n_chains, thin=first.thin, burn_in=first.burn_in, spins=spins,
             series=series, seconds=time.perf_counter() - t0,
-            mean_cluster_size=sites / n_per_chain if self.name == "wolff" else None,
+            mean_cluster_size=sites / n_per_chain if self.rule.counts_cluster_sites else None,
             pilot_tau_int=first.pilot_tau_int,
         )
 
@@ -490,13 +489,14 @@ def make_sampler(
     seed: int = 0,
     n_chains: int = 1,
 ) -> Sampler:
-    """Build a :class:`Sampler`.
+    """Build a :class:`Sampler` over the rule called ``name``.
 
     Parameters
     ----------
     name:
-        One of :data:`SAMPLERS`: ``"wolff"`` (single-cluster), ``"sw"`` (Swendsen-Wang),
-        ``"metropolis"`` (single-spin-flip sweeps).
+        One of :data:`SAMPLERS`: ``"wolff"`` (single-cluster, :class:`~deeprg.mc.rules.WolffRule`),
+        ``"sw"`` (Swendsen-Wang, :class:`~deeprg.mc.rules.SwendsenWangRule`), ``"metropolis"``
+        (single-spin-flip sweeps, :class:`~deeprg.mc.rules.MetropolisRule`).
     lattice:
         A :class:`~deeprg.lattice.Lattice` or its shape.
     K:
@@ -506,11 +506,8 @@ def make_sampler(
     n_chains:
         Number of independent chains, >= 1.
     """
-    if name not in SAMPLERS:
+    if name not in RULES:
         raise ValueError(f"sampler name must be one of {SAMPLERS}, got {name!r}")
     if not isinstance(lattice, Lattice):
         lattice = Lattice(tuple(lattice))
-    K = parse_coupling(K, "K")
-    seed = _check_int(seed, "seed", 0)
-    n_chains = _check_int(n_chains, "n_chains", 1)
-    return Sampler(name, lattice, K, seed, n_chains)
+    return Sampler(RULES[name](lattice, parse_coupling(K, "K")), seed, n_chains)

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from deeprg.lattice import Lattice
-from deeprg.models.exact import ising_chain, kaufman
+from deeprg.models.exact import exact_solution
 from deeprg.models.ising import parse_coupling
 
 __all__ = ["GaussianTarget", "RelaxedIsing", "Target", "log_cosh"]
@@ -208,11 +208,8 @@ class RelaxedIsing(torch.nn.Module):
 
 def _ising_ln_z(lattice: Lattice, K: float) -> float | None:
     """Exact ``ln Z_Ising`` of ``lattice`` (1D or 2D), ``None`` in 3D."""
-    if lattice.d == 1:
-        return ising_chain(lattice.shape[0], K).ln_z
-    if lattice.d == 2:
-        return kaufman(*lattice.shape, K).ln_z
-    return None
+    exact = exact_solution(lattice, K)
+    return None if exact is None else exact.ln_z
 
 
 class GaussianTarget(torch.nn.Module):

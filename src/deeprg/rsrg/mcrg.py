@@ -50,6 +50,7 @@ __all__ = [
     "check_mcrg",
     "check_mcrg_levels",
     "leading_exponent",
+    "max_blocks",
     "mcrg",
     "measure",
     "minimum_configurations",
@@ -67,9 +68,19 @@ MIN_EXTENT = 4
 _LN_B = math.log(2.0)
 
 
+#: Fewest configurations per jackknife block.
+_PER_BLOCK = 2
+
+
 def minimum_configurations(n_blocks: int) -> int:
     """Fewest configurations MCRG accepts: 2 per jackknife block and 10 per even operator."""
-    return max(2 * n_blocks, 10 * len(EVEN_OPERATORS))
+    return max(_PER_BLOCK * n_blocks, 10 * len(EVEN_OPERATORS))
+
+
+def max_blocks(n_configurations: int) -> int:
+    """Most jackknife blocks ``n_configurations`` allow (2 configurations per block); MCRG also needs
+    ``n_configurations >= minimum_configurations(2)``."""
+    return int(n_configurations) // _PER_BLOCK
 
 
 def leading_exponent(T: np.ndarray) -> float:
@@ -231,14 +242,35 @@ def _rg_matrix(cov: np.ndarray, n_r: int, sector: str, n_c: int) -> np.ndarray:
 
 def check_mcrg_levels(shape: tuple[int, ...], transforms: Sequence[RGTransform], levels: int) -> None:
     """Raise ``ValueError`` unless every transformation can act ``levels`` times on ``shape`` and
-    the last level has extents >= :data:`MIN_EXTENT`."""
+    the last level has extents >= :data:`MIN_EXTENT`; the message gives the allowed range of
+    ``levels`` and why one more level is refused."""
     if not transforms:
         raise ValueError("no RG transformation given")
-    for t in transforms:
-        shapes = check_levels(shape, t, levels)
-    if min(shapes[-1]) < MIN_EXTENT:
-        raise ValueError(f"levels = {levels} leaves a {shapes[-1][0]}x{shapes[-1][1]} lattice; MCRG operators "
-                         f"need extents >= {MIN_EXTENT} at the last level")
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
+        raise ValueError(f"levels must be an integer >= 1, got {levels!r}")
+    reason = _refusal(shape, transforms, levels)
+    if reason:
+        most = 0  # at most log2(extent) rounds: check_levels refuses more halvings than that
+        while not _refusal(shape, transforms, most + 1):
+            most += 1
+        where = (f"on a {'x'.join(str(int(s)) for s in shape)} lattice with "
+                 + ("this transformation" if len(transforms) == 1 else "these transformations"))
+        if not most:
+            raise ValueError(f"no MCRG level is possible {where}: {reason}")
+        raise ValueError(f"levels must be between 1 and {most} for MCRG {where}, got {levels}: {reason}")
+
+
+def _refusal(shape: tuple[int, ...], transforms: Sequence[RGTransform], levels: int) -> str:
+    """Why ``levels`` MCRG levels are impossible, or ``""``."""
+    try:
+        for t in transforms:
+            last = check_levels(shape, t, levels)[-1]
+    except ValueError as err:
+        return str(err)
+    if min(last) < MIN_EXTENT:
+        return (f"levels = {levels} leaves a {last[0]}x{last[1]} lattice; MCRG operators need extents "
+                f">= {MIN_EXTENT} at the last level")
+    return ""
 
 
 def check_mcrg(shape: tuple[int, ...], transforms: Sequence[RGTransform], levels: int,

@@ -37,6 +37,7 @@ __all__ = [
     "check_levels",
     "coarse_grain",
     "level_generators",
+    "max_levels",
 ]
 
 
@@ -149,6 +150,12 @@ def level_generators(seed: int, levels: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(levels)]
 
 
+def max_levels(shape: tuple[int, ...]) -> int:
+    """Most b = 2 levels the extents ``shape`` allow: the largest ``n`` with every extent divisible
+    by ``2**n`` (0 for an odd extent)."""
+    return min((int(s) & -int(s)).bit_length() - 1 for s in shape)
+
+
 def check_levels(shape: tuple[int, ...], transform: RGTransform, levels: int) -> list[tuple[int, int]]:
     """Shapes of levels ``0 .. levels`` (level 0 = ``shape``), after checking that ``transform``
     can act ``levels`` times: extents divisible by ``2**levels`` and whatever the transformation
@@ -158,9 +165,11 @@ def check_levels(shape: tuple[int, ...], transform: RGTransform, levels: int) ->
     shape = tuple(int(s) for s in shape)
     if len(shape) != 2:
         raise ValueError(f"RG transformations act on 2D lattices, got shape {shape}")
-    if any(s % 2**levels for s in shape):
-        raise ValueError(f"lattice {shape[0]}x{shape[1]} is not divisible by 2^levels = {2**levels} "
-                         f"(levels = {levels})")
+    most = max_levels(shape)
+    if levels > most:  # 2**levels is computed only where small: a huge count would never finish
+        power = f" = {2**levels}" if levels <= max(shape).bit_length() else ""
+        raise ValueError(f"lattice {shape[0]}x{shape[1]} is not divisible by 2^levels{power} (levels = {levels}); "
+                         f"it can be halved at most {most} times")
     shapes = [shape]
     for _ in range(levels):
         try:

@@ -1,0 +1,129 @@
+"""``deeprg mcrg`` and ``deeprg rsrg exponent-vs-epoch``: bad input is refused with one line and
+exit status 2 before any work, and nothing is written."""
+
+import json
+import os
+import shutil
+import time
+
+import pytest
+import torch
+
+from deeprg import Lattice
+from deeprg.data import SpinDataset, save_dataset
+from deeprg.mc import make_sampler
+from deeprg.models.ising import K_C
+
+torch.set_num_threads(1)
+
+pytestmark = pytest.mark.filterwarnings("ignore:chain length")
+
+HUGE = str(10**20)
+
+
+def ising(path, L, n, seed):
+    run = make_sampler("wolff", Lattice.square(L), K_C, seed=seed, n_chains=1).run(n, thin=2, burn_in=100)
+    save_dataset(path, SpinDataset.new(run.spins_flat(), K=K_C, sampler="wolff", updates_between_samples=2,
+                                       seed=seed))
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """16x16 data (200 configurations), too short 16x16 data (60), and a 2-epoch run with a 4x4 filter."""
+    from deeprg.cli import main
+
+    root = tmp_path_factory.mktemp("mcrg")
+    out = {"data": ising(root / "data.npz", 16, 200, 2), "short": ising(root / "short.npz", 16, 60, 3),
+           "run": root / "run"}
+    assert main(["rsrg", "train", "--data", str(ising(root / "train8.npz", 8, 40, 1)), "--filter", "4", "--epochs",
+                 "2", "--batch", "10", "--out", str(out["run"]), "--quiet"]) == 0
+    return out
+
+
+def snapshot(*roots):
+    return [sorted((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*")) for root in roots]
+
+
+def refused(cli, argv, needles, *watched):
+    """Run ``deeprg argv``: exit 2 within seconds, one error line holding every needle, ``watched``
+    unchanged."""
+    before = snapshot(*watched)
+    start = time.perf_counter()
+    status, out, err = cli(*argv)
+    assert status == 2, err
+    assert time.perf_counter() - start < 20
+    lines = [line for line in err.splitlines() if line.startswith("deeprg") or "error" in line]
+    assert len(lines) == 1 and "error:" in lines[0], err
+    for needle in needles:
+        assert needle in lines[0], err
+    assert out == ""
+    assert snapshot(*watched) == before
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--levels", HUGE], ["--levels", "between 1 and 2", "16x16"]),
+    (["--levels", "3"], ["--levels", "between 1 and 2", "leaves a 2x2 lattice"]),
+    (["--blocks", HUGE], ["--blocks", "between 2 and 100", "200 configurations"]),
+    (["--blocks", "101"], ["--blocks", "between 2 and 100"]),
+    (["--seed", str(2**64)], ["--seed", "2^64"]),
+    (["--threads", HUGE], ["--threads", "between 1 and"]),
+])
+def test_mcrg_bad_numbers(cli, files, argv, needles):
+    line = refused(cli, ["mcrg", "--data", files["data"], "--transform", "majority", "--quiet", *argv], needles,
+                   files["data"].parent)
+    assert line.startswith("deeprg")
+
+
+def test_mcrg_levels_with_a_trained_filter_and_too_few_configurations(cli, files):
+    refused(cli, ["mcrg", "--data", files["data"], "--transform", files["run"], "--levels", HUGE, "--quiet"],
+            ["--levels", "between 1 and 2"], files["data"].parent)
+    line = refused(cli, ["mcrg", "--data", files["short"], "--transform", "majority", "--quiet"],
+                   ["--data", "60 configurations", "at least 70"], files["data"].parent)
+    assert line.startswith("deeprg: error:")
+
+
+def test_mcrg_takes_the_largest_seed_and_the_most_blocks(cli, files):
+    status, out, _ = cli("mcrg", "--data", files["data"], "--transform", "majority", "--levels", "1", "--blocks", "100",
+                         "--seed", 2**64 - 1, "--json", "--quiet")
+    assert status == 0
+    summary = json.loads(out)
+    assert summary["seed"] == 2**64 - 1 and summary["n_blocks"] == 100 and len(summary["y_t"]) == 1
+
+
+@pytest.fixture
+def run_copy(files, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(files["run"], run)
+    return run
+
+
+def test_exponent_vs_epoch_checks_its_outputs_before_any_work(cli, files, run_copy, tmp_path):
+    (run_copy / "exponent_vs_epoch.png").mkdir()  # the plot's path is taken by a directory
+    refused(cli, ["rsrg", "exponent-vs-epoch", run_copy, "--data", files["data"], "--quiet"],
+            ["RUN", "exponent_vs_epoch.png", "directory"], tmp_path)
+    (run_copy / "exponent_vs_epoch.png").rmdir()
+    shutil.copy(files["data"], run_copy / "exponent_vs_epoch.json")  # the data would be replaced
+    refused(cli, ["rsrg", "exponent-vs-epoch", run_copy, "--data", run_copy / "exponent_vs_epoch.json", "--quiet"],
+            ["--data", "output of this command"], tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_exponent_vs_epoch_in_a_read_only_run(cli, files, run_copy, tmp_path):
+    run_copy.chmod(0o555)
+    try:
+        refused(cli, ["rsrg", "exponent-vs-epoch", run_copy, "--data", files["data"], "--quiet"],
+                ["RUN", "not writable"], tmp_path)
+    finally:
+        run_copy.chmod(0o755)
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--couplings", "8"], ["--couplings", "between 1 and 7"]),
+    (["--levels", HUGE], ["--levels", "between 1 and 2", "these transformations"]),
+    (["--blocks", HUGE], ["--blocks", "between 2 and 100"]),
+    (["--seed", str(2**64)], ["--seed", "2^64"]),
+])
+def test_exponent_vs_epoch_bad_numbers(cli, files, run_copy, tmp_path, argv, needles):
+    refused(cli, ["rsrg", "exponent-vs-epoch", run_copy, "--data", files["data"], "--quiet", *argv], needles, tmp_path)
