@@ -190,3 +190,19 @@ def test_json_outputs_are_strict(cli, world):
     assert status == 0
     json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert np.isfinite(json.loads(out)["ln_z"])
+
+
+HOSTILE = ["-1", "0", "nan", "inf", "-inf", "abc", "", "1e20", "1e-300", "meta", "-x"]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=["-".join(p) for p in PATHS])
+def test_every_option_with_every_hostile_value_exits_0_or_2(cli, world, tmp_path, path):
+    """The exhaustive complement of the random test: each option alone, each hostile value."""
+    if path == ("cora", "digits"):
+        pytest.importorskip("sklearn")
+    for flag, n in options(path):
+        for value in HOSTILE if n else [None]:
+            fresh = lambda name: tmp_path / f"{next(_counter)}-{name}"  # noqa: E731
+            argv = [*path, *(str(a) for a in base_argv(world, fresh)[path]), flag, *([value] * n)]
+            status, _, err = cli(*argv)
+            check_outcome(status, err, argv)

@@ -1,11 +1,21 @@
 """``deeprg flow estimate|sample|hmc|mh|analyze``: commands that load a run directory written by
-``deeprg flow train`` and use the trained flow (estimators, sampling, latent analysis)."""
+``deeprg flow train`` and use the trained flow (estimators, sampling, latent analysis).
+
+Every output path is checked before any work; no output replaces a file of the run directory.
+A flow that gives non-finite parameters, fields, importance weights or log-densities is refused
+with ``deeprg: error: ...`` and exit status 1 instead of a number computed from NaNs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import math
+import os
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +24,11 @@ from tqdm import tqdm
 
 from deeprg.cli.common import (
     UsageError,
+    device,
     int_at_least,
     positive_float,
     print_json,
+    seed,
     writable_file,
 )
 from deeprg.flows.analysis import (
@@ -32,17 +44,50 @@ from deeprg.flows.estimators import (
     ising_observables,
 )
 from deeprg.flows.sampling import SPACES, STARTS, hmc_in_space, starting_fields
-from deeprg.flows.train import (
-    CheckpointMismatch,
-    Trainer,
-    load_run,
-    variational_free_energy,
-)
+from deeprg.flows.train import Trainer, load_run, variational_free_energy
 from deeprg.mc.hmc import HMCDivergence
 from deeprg.mc.reference import ising_reference
-from deeprg.mc.stats import estimate, format_value_error
-from deeprg.plots import field_grid, hmc_traces, latent_energy, mutual_information_maps
-from deeprg.runs import atomic_path, write_json
+from deeprg.mc.stats import Estimate, estimate, format_value_error
+from deeprg.plots import field_grid, hmc_traces, latent_energy, latent_response_maps, mutual_information_maps
+from deeprg.runs import CHECKPOINT_NAME, CONFIG_NAME, CheckpointMismatch, atomic_path, write_json
+
+#: Fewest production steps of ``flow hmc`` and ``flow mh``: the error bars come from the
+#: autocorrelation of each chain's series, which needs a few steps at least.
+MIN_STEPS = 10
+#: ``flow mh`` warns when an estimate and its reference differ by more than this many combined
+#: standard errors.
+AGREEMENT_SIGMAS = 4.0
+#: The files ``deeprg flow train`` writes in a run directory; no output of these commands may
+#: replace them.
+RUN_FILES = (CONFIG_NAME, CHECKPOINT_NAME, "metrics.json", "training_curve.png")
+#: Samples per call when the variational bound is computed in chunks (the batch of
+#: :func:`~deeprg.flows.train.variational_free_energy`, so the draws are those of one call).
+BOUND_BATCH = 4096
+
+HMC_FILES = ("hmc.json", "hmc_structure_factor.png", "hmc_energy_per_site.png")
+ANALYSIS_FILES = ("analysis.json", "response_maps.png", "mutual_information.png", "latent_energy.png")
+
+RUN_HELP = "run directory of 'deeprg flow train'"
+DEVICE_HELP = "torch device: cpu, cuda or cuda:N [the run's device]"
+QUIET_HELP = "no progress bar"
+
+
+class NonFiniteFlow(Exception):
+    """The flow of a run directory gives non-finite numbers (exit status 1)."""
+
+
+def _exit_1_on_non_finite(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``run`` with :class:`NonFiniteFlow` turned into ``deeprg: error: ...`` and exit status 1."""
+
+    @functools.wraps(run)
+    def checked(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except NonFiniteFlow as err:
+            print(f"deeprg: error: {err}", file=sys.stderr)
+            return 1
+
+    return checked
 
 
 def add_actions(actions: argparse._SubParsersAction) -> None:
@@ -56,72 +101,160 @@ def add_actions(actions: argparse._SubParsersAction) -> None:
         "(annealed importance sampling): unbiased like plain importance sampling, with much lighter-tailed "
         "weights. Light tails do not prove convergence: check that ln Z stays within its error bar when T is "
         "doubled.")
-    e.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg flow train'")
+    e.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
     e.add_argument("--samples", type=int_at_least(25),
                    help="flow samples [100000; 1000 with --anneal]")
     e.add_argument("--anneal", type=int_at_least(1), default=1, metavar="T",
                    help="temperatures of annealed importance sampling; 1 is plain importance sampling [1]")
     e.add_argument("--leapfrog", type=int_at_least(1), default=5,
                    help="leapfrog steps per HMC transition with --anneal [5]")
-    e.add_argument("--seed", type=int_at_least(0), default=0, help="random seed [0]")
+    e.add_argument("--seed", type=seed, default=0, help="random seed [0]")
+    e.add_argument("--device", type=device, help=DEVICE_HELP)
     e.add_argument("--threads", type=int_at_least(1), help="torch CPU threads")
     e.add_argument("--json", action="store_true", help="print a machine-readable summary")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
-    e.set_defaults(run=run_estimate)
+    e.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    e.set_defaults(run=_exit_1_on_non_finite(run_estimate))
 
     m = actions.add_parser("sample", help="draw fields and Ising spins from a trained flow")
-    m.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg flow train'")
+    m.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
     m.add_argument("--n", type=int_at_least(1), default=64, help="samples [64]")
-    m.add_argument("--seed", type=int_at_least(0), default=0, help="random seed [0]")
-    m.add_argument("--out", required=True, help="output .npz (x: float32 fields, spins: int8); a PNG grid beside it")
-    m.set_defaults(run=run_sample)
+    m.add_argument("--seed", type=seed, default=0, help="random seed [0]")
+    m.add_argument("--device", type=device, help=DEVICE_HELP)
+    m.add_argument("--out", required=True,
+                   help="output NAME.npz (x: float32 fields, spins: int8); in 2D a picture NAME.png beside it")
+    m.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    m.set_defaults(run=_exit_1_on_non_finite(run_sample))
 
     h = actions.add_parser("hmc", help="hybrid Monte Carlo in the latent or the physical space")
-    h.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg flow train'")
+    h.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
     h.add_argument("--space", choices=(*SPACES, "both"), default="latent",
                    help="sample the latents z (Eq. 6), the fields x (Eq. 7), or both from the same start [latent]")
     h.add_argument("--start", choices=STARTS, default="flow",
                    help="initial fields: flow samples, or N(0,1) noise to watch thermalization [flow]")
     h.add_argument("--chains", type=int_at_least(1), default=64, help="parallel chains [64]")
-    h.add_argument("--steps", type=int_at_least(1), default=2000, help="production steps [2000]")
+    h.add_argument("--steps", type=int, default=2000, help=f"production steps, at least {MIN_STEPS} [2000]")
     h.add_argument("--warmup", type=int_at_least(0), default=200, help="step-size adaptation steps [200]")
     h.add_argument("--step-size", type=positive_float, default=0.1, help="initial leapfrog step [0.1]")
     h.add_argument("--leapfrog", type=int_at_least(1), default=10, help="leapfrog steps per trajectory [10]")
-    h.add_argument("--seed", type=int_at_least(0), default=0, help="random seed [0]")
+    h.add_argument("--seed", type=seed, default=0, help="random seed [0]")
+    h.add_argument("--device", type=device, help=DEVICE_HELP)
     h.add_argument("--threads", type=int_at_least(1), help="torch CPU threads")
-    h.add_argument("--out", help="directory for hmc.json and the Fig. 3(b)-style plots hmc_*.png [none]")
+    h.add_argument("--out", help="directory for hmc.json and the Fig. 3(b)-style plots hmc_*.png, created if "
+                   "needed [none]")
     h.add_argument("--json", action="store_true", help="print a machine-readable summary")
-    h.add_argument("--quiet", action="store_true", help="no progress bar")
-    h.set_defaults(run=run_hmc)
+    h.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    h.set_defaults(run=_exit_1_on_non_finite(run_hmc))
 
     i = actions.add_parser("mh", help="independence Metropolis-Hastings with the flow as proposal",
                            description="Exact sampling of pi by Metropolis-Hastings with proposals drawn "
                            "independently from the trained flow, accepted with min(1, pi(x') q(x) / (pi(x) q(x')))."
                            " Reports the structure factor and energy per site of spins from pi(s|x), their "
-                           "autocorrelation times and the acceptance rate.")
-    i.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg flow train'")
+                           "autocorrelation times and the acceptance rate, next to the reference values of the "
+                           "Ising model (exact up to 16 sites, else Wolff Monte Carlo; the energy is exact), and "
+                           f"warns when they differ by more than {AGREEMENT_SIGMAS:g} combined standard errors.")
+    i.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
     i.add_argument("--chains", type=int_at_least(1), default=64, help="parallel chains [64]")
-    i.add_argument("--steps", type=int_at_least(1), default=2000, help="production steps [2000]")
+    i.add_argument("--steps", type=int, default=2000, help=f"production steps, at least {MIN_STEPS} [2000]")
     i.add_argument("--warmup", type=int_at_least(0), default=100, help="steps discarded first [100]")
-    i.add_argument("--seed", type=int_at_least(0), default=0, help="random seed [0]")
+    i.add_argument("--seed", type=seed, default=0, help="random seed [0]")
+    i.add_argument("--device", type=device, help=DEVICE_HELP)
     i.add_argument("--threads", type=int_at_least(1), help="torch CPU threads")
     i.add_argument("--json", action="store_true", help="print a machine-readable summary")
-    i.set_defaults(run=run_mh)
+    i.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    i.set_defaults(run=_exit_1_on_non_finite(run_mh))
 
     a = actions.add_parser("analyze", help="response maps and mutual information of the latent variables")
-    a.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg flow train'")
+    a.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
     a.add_argument("--samples", type=int_at_least(64), default=2000, help="flow samples averaged over [2000]")
-    a.add_argument("--seed", type=int_at_least(0), default=0, help="random seed [0]")
-    a.add_argument("--out", help="output directory [RUN/analysis]")
+    a.add_argument("--seed", type=seed, default=0, help="random seed [0]")
+    a.add_argument("--device", type=device, help=DEVICE_HELP)
+    a.add_argument("--out", help="output directory, created if needed [RUN/analysis]")
     a.add_argument("--json", action="store_true", help="print the summary as JSON")
-    a.set_defaults(run=run_analyze)
+    a.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    a.set_defaults(run=_exit_1_on_non_finite(run_analyze))
 
 
 def _load(args: argparse.Namespace) -> Trainer:
+    """The run's trainer on ``--device``; refuses a flow with non-finite parameters."""
     try:
-        return load_run(args.run_dir, threads=getattr(args, "threads", None))
+        trainer = load_run(args.run_dir, device=args.device, threads=getattr(args, "threads", None))
     except CheckpointMismatch as err:
         raise UsageError(f"RUN: {err}") from None
+    bad = [name for name, p in trainer.flow.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise NonFiniteFlow(f"the flow in {args.run_dir!r} has non-finite parameters ({bad[0]}{more}); retrain it")
+    return trainer
+
+
+def _non_finite(args: argparse.Namespace, what: str) -> NonFiniteFlow:
+    return NonFiniteFlow(f"the flow in {args.run_dir!r} produces non-finite {what}; retrain it")
+
+
+def _check_fields(args: argparse.Namespace, x: torch.Tensor) -> None:
+    if not torch.isfinite(x).all():
+        raise _non_finite(args, "fields")
+
+
+def _check_steps(args: argparse.Namespace) -> None:
+    if args.steps < MIN_STEPS:
+        raise UsageError(f"--steps: need at least {MIN_STEPS} production steps for error bars, got {args.steps}")
+
+
+def _output_dir(path: Path, option: str, names: tuple[str, ...]) -> Path:
+    """Check, before any work, that the directory ``path`` can be created (with its parents) or
+    written into, and that the files ``names`` can be written in it; return ``path``."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option}: {str(path)!r} exists and is not a directory")
+    if path.is_dir():
+        for name in names:
+            writable_file(str(path / name), option)
+        return path
+    ancestor = next(a for a in path.absolute().parents if a.exists())
+    if not ancestor.is_dir():
+        raise UsageError(f"{option}: cannot create {str(path)!r}: {str(ancestor)!r} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"{option}: cannot create {str(path)!r}: directory {str(ancestor)!r} is not writable")
+    return path
+
+
+def _spare_run(args: argparse.Namespace, option: str, path: Path) -> None:
+    """Refuse an output ``path`` that is one of the files of the run directory."""
+    target = path.resolve()
+    for name in RUN_FILES:
+        if (Path(args.run_dir) / name).resolve() == target:
+            raise UsageError(f"{option}: {str(path)!r} would replace {name} of the run directory; choose another path")
+
+
+def _bar(args: argparse.Namespace, desc: str, unit: str) -> tqdm:
+    return tqdm(disable=args.quiet, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+
+def _progress(bar: tqdm) -> Callable[[int, int], None]:
+    """A ``callback(done, total)`` that moves ``bar``."""
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return update
+
+
+def _variational_bound(flow, target, n: int, generator: torch.Generator, bar: tqdm) -> Estimate:
+    """:func:`~deeprg.flows.train.variational_free_energy` on ``n`` samples, called in chunks of
+    :data:`BOUND_BATCH` to move ``bar``: the draws of one call, the chunks' means and variances
+    pooled."""
+    parts = []
+    bar.total = n
+    for start in range(0, n, BOUND_BATCH):
+        parts.append(variational_free_energy(flow, target, min(BOUND_BATCH, n - start), batch=BOUND_BATCH,
+                                             generator=generator))
+        bar.update(parts[-1].n_samples)
+    mean = sum(p.mean * p.n_samples for p in parts) / n
+    squares = sum((p.variance * (p.n_samples - 1) if p.n_samples > 1 else 0.0) + p.n_samples * (p.mean - mean) ** 2
+                  for p in parts)
+    variance = squares / (n - 1)
+    return Estimate(mean, math.sqrt(variance / n), variance, 0.5, n)
 
 
 def run_estimate(args: argparse.Namespace) -> int:
@@ -131,22 +264,24 @@ def run_estimate(args: argparse.Namespace) -> int:
     annealed = args.anneal > 1
     n = args.samples or (1000 if annealed else 100_000)
     t0 = time.perf_counter()
-    if annealed:
-        with tqdm(disable=args.quiet, desc=f"annealing ({args.anneal} temperatures)", unit="transition",
-                  file=sys.stderr, dynamic_ncols=True) as bar:
-
-            def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-
-            result = annealed_importance_sampling(flow, target, n, args.anneal, args.leapfrog,
-                                                  observables=ising_observables(target, gen), generator=gen,
-                                                  callback=progress)
-        est = result.estimate
-    else:
-        est = importance_ln_z(flow, target, n, generator=gen, observables=ising_observables(target, gen))
+    try:
+        if annealed:
+            with _bar(args, f"annealing ({args.anneal} temperatures)", "transition") as bar:
+                result = annealed_importance_sampling(flow, target, n, args.anneal, args.leapfrog,
+                                                      observables=ising_observables(target, gen), generator=gen,
+                                                      callback=_progress(bar))
+            est = result.estimate
+        else:
+            with _bar(args, "importance sampling", "sample") as bar:
+                est = importance_ln_z(flow, target, n, generator=gen, observables=ising_observables(target, gen),
+                                      callback=_progress(bar))
+    except FloatingPointError:
+        raise _non_finite(args, "importance weights") from None
     seconds = time.perf_counter() - t0
-    bound = variational_free_energy(flow, target, max(n, 10_000), generator=gen)
+    with _bar(args, "variational bound", "sample") as bar:
+        bound = _variational_bound(flow, target, max(n, 10_000), gen, bar)
+    if not math.isfinite(bound.mean):
+        raise _non_finite(args, "log-densities")
     exact = trainer.exact_ln_z
     summary = {
         "method": "annealed" if annealed else "importance",
@@ -180,20 +315,30 @@ def run_estimate(args: argparse.Namespace) -> int:
 
 def run_sample(args: argparse.Namespace) -> int:
     out = writable_file(args.out, "--out")
+    if out.suffix.lower() != ".npz":
+        raise UsageError(f"--out: {args.out!r} must end in .npz (the samples; in 2D a picture NAME.png goes "
+                         "beside NAME.npz)")
     trainer = _load(args)
+    png = out.with_suffix(".png") if trainer.cfg.d == 2 else None
+    if png is not None:
+        writable_file(str(png), "--out")
+        _spare_run(args, "--out", png)
     gen = torch.Generator(device=trainer.device).manual_seed(args.seed)
     with torch.no_grad():
         x = trainer.flow.sample(args.n, gen)
+        _check_fields(args, x)
         spins = trainer.target.sample_spins(x, gen)
     x_np, s_np = x.float().cpu().numpy(), spins.cpu().numpy()
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, x=x_np, spins=s_np, seed=np.int64(args.seed))
-    png = out.with_suffix(".png")
-    if trainer.cfg.d == 2:
+            np.savez_compressed(fh, x=x_np, spins=s_np, seed=np.uint64(args.seed))
+    if png is not None:
         field_grid(np.concatenate([x_np[:32], s_np[:32].astype(np.float32) * np.abs(x_np).max()]), png,
                    title=f"flow samples: fields x (first rows) and spins s ~ pi(s|x), L={trainer.cfg.L}")
-    print(f"wrote {args.n} samples to {out}" + (f" and {png}" if trainer.cfg.d == 2 else ""))
+    if args.json:
+        print_json({"samples": args.n, "seed": args.seed, "shape": list(x_np.shape), "out": out, "picture": png})
+        return 0
+    print(f"wrote {args.n} samples to {out}" + (f" and {png}" if png is not None else ""))
     return 0
 
 
@@ -217,38 +362,67 @@ def _print_estimates(stats: dict) -> None:
         print(f"  {name:18s} {str(est):>14s}   tau_int {est.tau_int:.2f} steps")
 
 
+def _print_reference(reference: dict) -> None:
+    for name, est in reference.items():
+        print(f"  reference {name:18s} {str(est)}" + ("  (exact)" if est.error == 0 else "  (Wolff Monte Carlo)"))
+
+
+def _warn_if_off_reference(stats: dict, reference: dict) -> None:
+    """Warn for each estimate that differs from its reference by more than
+    :data:`AGREEMENT_SIGMAS` combined standard errors."""
+    for name, est in stats.items():
+        ref = reference[name]
+        sigma = math.hypot(est.error, ref.error)
+        off = abs(est.mean - ref.mean)
+        if off > AGREEMENT_SIGMAS * sigma:
+            value = f"{ref.mean:.6g} (exact)" if ref.error == 0 else f"{ref} (Wolff Monte Carlo)"
+            by = f"by {off / sigma:.1f} combined standard errors" if sigma > 0 else "and has no error bar"
+            warnings.warn(f"{name} {est} differs from the reference {value} {by}: the chains are not at "
+                          "equilibrium (run more --steps, or retrain the flow)")
+
+
 def _hmc_summary(result, seconds: float) -> tuple[dict, dict]:
     summary, stats = _chain_summary(result.series, result.acceptance_rate, seconds)
     return {**summary, "step_size": result.step_size, "leapfrog": result.n_leapfrog}, stats
 
 
 def run_mh(args: argparse.Namespace) -> int:
+    _check_steps(args)
     trainer = _load(args)
     gen = torch.Generator(device=trainer.device).manual_seed(args.seed)
     t0 = time.perf_counter()
-    result = independence_metropolis(trainer.flow, trainer.target, args.warmup + args.steps, args.chains,
-                                     ising_observables(trainer.target, gen), gen)
+    try:
+        with _bar(args, "independence Metropolis", "step") as bar:
+            result = independence_metropolis(trainer.flow, trainer.target, args.warmup + args.steps, args.chains,
+                                             ising_observables(trainer.target, gen), gen, callback=_progress(bar))
+    except FloatingPointError:
+        raise _non_finite(args, "importance weights") from None
     production = {name: series[args.warmup:] for name, series in result.series.items()}
     summary, stats = _chain_summary(production, float(result.acceptance[args.warmup:].mean()),
                                     time.perf_counter() - t0)
-    summary.update(chains=args.chains, steps=args.steps, warmup=args.warmup, seed=args.seed)
+    reference = ising_reference(trainer.target.lattice, trainer.cfg.beta, seed=args.seed)
+    summary.update(chains=args.chains, steps=args.steps, warmup=args.warmup, seed=args.seed,
+                   reference={name: {"mean": est.mean, "error": est.error} for name, est in reference.items()})
     if args.json:
         print_json(summary)
-        return 0
-    print(f"independence Metropolis-Hastings (flow proposal): {args.chains} chains x {args.steps} steps, "
-          f"acceptance {summary['acceptance']:.3f}, {summary['seconds']:.1f} s")
-    _print_estimates(stats)
+    else:
+        print(f"independence Metropolis-Hastings (flow proposal): {args.chains} chains x {args.steps} steps, "
+              f"acceptance {summary['acceptance']:.3f}, {summary['seconds']:.1f} s")
+        _print_estimates(stats)
+        _print_reference(reference)
+    sys.stdout.flush()  # the results first, then the warnings about them
+    _warn_if_off_reference(stats, reference)
     return 0
 
 
 def run_hmc(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise UsageError(f"--out: {str(out)!r} exists and is not a directory")
+    _check_steps(args)
+    out = _output_dir(Path(args.out), "--out", HMC_FILES) if args.out else None
     trainer = _load(args)
     flow, target = trainer.flow, trainer.target
     gen = torch.Generator(device=trainer.device).manual_seed(args.seed)
     x0 = starting_fields(flow, args.chains, args.start, gen)
+    _check_fields(args, x0)
     spaces = SPACES if args.space == "both" else (args.space,)
     results, summaries, estimates = {}, {}, {}
     for space in spaces:
@@ -261,6 +435,8 @@ def run_hmc(args: argparse.Namespace) -> int:
                                           callback=lambda step, acc: bar.update(1))
         except HMCDivergence as err:
             raise UsageError(f"--step-size: {err}") from None
+        except ValueError as err:  # the options are valid: the log-density of the starting point is not finite
+            raise _non_finite(args, f"log-densities in the {space} space ({err})") from None
         finally:
             bar.close()
         summaries[space], estimates[space] = _hmc_summary(results[space], time.perf_counter() - t0)
@@ -293,27 +469,27 @@ def run_hmc(args: argparse.Namespace) -> int:
               f"{r.acceptance_rate:.3f}, step size {r.step_size:.3g} x {r.n_leapfrog}, {summ['seconds']:.1f} s")
         _print_estimates(estimates[space])
     if reference is not None:
-        for name, est in reference.items():
-            print(f"  reference {name:18s} {str(est)}" + ("  (exact)" if est.error == 0 else "  (Wolff Monte Carlo)"))
+        _print_reference(reference)
     if out is not None:
-        print(f"wrote {out / 'hmc.json'} and {out / 'hmc_structure_factor.png'}")
+        print(f"wrote {', '.join(str(out / name) for name in HMC_FILES)}")
     return 0
 
 
 def run_analyze(args: argparse.Namespace) -> int:
     trainer = _load(args)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "analysis"
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out: {str(out)!r} exists and is not a directory")
+    out = _output_dir(Path(args.out) if args.out else Path(args.run_dir) / "analysis", "--out", ANALYSIS_FILES)
     flow = trainer.flow
     gen = torch.Generator(device=trainer.device).manual_seed(args.seed)
     with torch.no_grad():
         x = flow.sample(args.samples, gen)
+    _check_fields(args, x)
     top = top_latent_sites(flow)
-    maps = response_maps(flow, x, top)
+    with _bar(args, "response maps", "latent") as bar:
+        maps = response_maps(flow, x, top, callback=_progress(bar))
     n = trainer.cfg.L**trainer.cfg.d
     sites = np.arange(n) if n <= 64 else np.arange(trainer.cfg.L)  # all sites, or the first row
-    mi_z, mi_x = latent_and_physical_mutual_information(flow, x, sites)
+    with _bar(args, "mutual information", "pair") as bar:
+        mi_z, mi_x = latent_and_physical_mutual_information(flow, x, sites, callback=_progress(bar))
     values = np.linspace(-4.0, 4.0, 81)
     profile, plane = top_latent_energy(flow, trainer.target, top, values)
     off = ~np.eye(len(sites), dtype=bool)
@@ -331,8 +507,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "analysis.json", summary)
-    if trainer.cfg.d == 2:
-        field_grid(maps, out / "response_maps.png", title="E[dz_i/dx] of the top-level latents")
+    latent_response_maps(maps, out / "response_maps.png", sites=top)
     mutual_information_maps(mi_z, mi_x, out / "mutual_information.png")
     latent_energy(values, profile, plane, out / "latent_energy.png")
     if args.json:

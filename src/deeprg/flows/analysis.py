@@ -15,6 +15,8 @@ Expectations are over the fields passed in (e.g. flow samples, or HMC samples of
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -31,8 +33,10 @@ def top_latent_sites(flow: Flow) -> np.ndarray:
     return np.flatnonzero(scale == scale.max())
 
 
-def response_maps(flow: Flow, x: Tensor, sites: np.ndarray) -> np.ndarray:
-    """``E_x[dz_i/dx]`` for latents at flat ``sites``; returns ``(len(sites), *event_shape)``."""
+def response_maps(flow: Flow, x: Tensor, sites: np.ndarray,
+                  callback: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """``E_x[dz_i/dx]`` for latents at flat ``sites``; returns ``(len(sites), *event_shape)``.
+    ``callback(done, len(sites))`` is called after each map (e.g. a progress bar)."""
     x = x.detach().clone().requires_grad_(True)
     z, _ = flow.hierarchy.renormalize(x)
     flat = z.reshape(len(z), -1)
@@ -40,18 +44,33 @@ def response_maps(flow: Flow, x: Tensor, sites: np.ndarray) -> np.ndarray:
     for i in sites:
         (grad,) = torch.autograd.grad(flat[:, int(i)].sum(), x, retain_graph=True)
         maps.append((grad.mean(0)).detach().double().cpu().numpy())
+        if callback is not None:
+            callback(len(maps), len(sites))
     return np.stack(maps)
 
 
-def latent_and_physical_mutual_information(flow: Flow, x: Tensor, sites: np.ndarray, k: int = 3
+def latent_and_physical_mutual_information(flow: Flow, x: Tensor, sites: np.ndarray, k: int = 3,
+                                           callback: Callable[[int, int], None] | None = None
                                            ) -> tuple[np.ndarray, np.ndarray]:
     """Pairwise KSG mutual information (nats) among the latents at flat ``sites`` and among the
-    physical variables at the same sites; two ``(len(sites), len(sites))`` arrays."""
+    physical variables at the same sites; two ``(len(sites), len(sites))`` arrays, the values of
+    :func:`~deeprg.information.mutual_information_matrix`. The pairs are estimated one at a time;
+    ``callback(done, total)`` is called after each of the ``total = len(sites) (len(sites) - 1)``
+    pairs of both arrays (e.g. a progress bar)."""
     with torch.no_grad():
         z, _ = flow.hierarchy.renormalize(x)
-    zs = z.reshape(len(z), -1)[:, sites].double().cpu().numpy()
-    xs = x.reshape(len(x), -1)[:, sites].double().cpu().numpy()
-    return mutual_information_matrix(zs, k), mutual_information_matrix(xs, k)
+    m = len(sites)
+    pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
+    matrices = []
+    for field in (z, x):
+        values = field.reshape(len(field), -1)[:, sites].double().cpu().numpy()
+        mi = np.zeros((m, m))
+        for done, (i, j) in enumerate(pairs, start=len(matrices) * len(pairs) + 1):
+            mi[i, j] = mi[j, i] = mutual_information_matrix(values[:, [i, j]], k)[0, 1]
+            if callback is not None:
+                callback(done, 2 * len(pairs))
+        matrices.append(mi)
+    return matrices[0], matrices[1]
 
 
 @torch.no_grad()

@@ -132,10 +132,12 @@ def importance_ln_z(
     batch: int = 4096,
     generator: torch.Generator | None = None,
     observables: dict[str, Callable[[Tensor], Tensor]] | None = None,
+    callback: Callable[[int, int], None] | None = None,
 ) -> ImportanceEstimate:
     """Importance sampling with ``n_samples`` fresh flow samples: ``ln Z``, the weights' ESS and
     tail index, and the reweighted ``observables`` (name -> function of fields
-    ``(batch, *event_shape) -> (batch,)``); see :func:`weighted_estimate`."""
+    ``(batch, *event_shape) -> (batch,)``); see :func:`weighted_estimate`. ``callback(done,
+    n_samples)`` is called after each batch (e.g. a progress bar)."""
     if n_samples < 25:
         raise ValueError(f"n_samples must be >= 25, got {n_samples}")
     observables = dict(observables or {})
@@ -145,6 +147,8 @@ def importance_ln_z(
         log_w.append((target.log_prob_unnormalized(x) - log_q).double().cpu())
         for name, fn in observables.items():
             values[name].append(fn(x).double().cpu())
+        if callback is not None:
+            callback(start + len(x), n_samples)
     return weighted_estimate(torch.cat(log_w), {k: torch.cat(v) for k, v in values.items()})
 
 
@@ -180,19 +184,32 @@ def independence_metropolis(
     chains: int,
     observables: dict[str, Callable[[Tensor], Tensor]] | None = None,
     generator: torch.Generator | None = None,
+    callback: Callable[[int, int], None] | None = None,
 ) -> IndependenceMHResult:
-    """Independence Metropolis-Hastings with proposals drawn from ``flow`` (exact for ``pi``)."""
+    """Independence Metropolis-Hastings with proposals drawn from ``flow`` (exact for ``pi``).
+    ``callback(step, n_steps)`` is called after every step (e.g. a progress bar). Raises
+    :class:`FloatingPointError` when a log importance weight ``ln pi(x) - ln q(x)`` of the
+    starting states or of a proposal is not finite (a broken flow: such a proposal would never be
+    accepted, and the chains would report the observables of the broken states)."""
     if n_steps < 1 or chains < 1:
         raise ValueError(f"n_steps and chains must be >= 1, got {n_steps} and {chains}")
     observables = dict(observables or {})
+
+    def log_weights(x: Tensor, log_q: Tensor) -> Tensor:
+        log_w = target.log_prob_unnormalized(x) - log_q
+        if not torch.isfinite(log_w).all():
+            raise FloatingPointError("non-finite importance weights of flow samples: the flow or the target "
+                                     "returned inf/nan")
+        return log_w
+
     x, log_q = flow.sample_and_log_prob(chains, generator)
-    log_w = target.log_prob_unnormalized(x) - log_q
+    log_w = log_weights(x, log_q)
     series: dict[str, list[Tensor]] = {k: [] for k in observables}
     acceptance = []
     shape = (chains,) + (1,) * (x.dim() - 1)
-    for _ in range(n_steps):
+    for step in range(n_steps):
         x_new, log_q_new = flow.sample_and_log_prob(chains, generator)
-        log_w_new = target.log_prob_unnormalized(x_new) - log_q_new
+        log_w_new = log_weights(x_new, log_q_new)
         prob = (log_w_new - log_w).clamp(max=0.0).exp()
         u = torch.rand(chains, generator=generator, device=x.device, dtype=x.dtype)
         accept = u < prob
@@ -201,6 +218,8 @@ def independence_metropolis(
         acceptance.append(float(prob.mean()))
         for name, fn in observables.items():
             series[name].append(fn(x).double().cpu())
+        if callback is not None:
+            callback(step + 1, n_steps)
     return IndependenceMHResult(
         x, {k: torch.stack(v) for k, v in series.items()}, torch.tensor(acceptance, dtype=torch.float64)
     )
