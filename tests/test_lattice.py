@@ -99,3 +99,15 @@ def test_parse_coupling_accepts_critical(value):
 def test_parse_coupling_rejects_bad_values(value):
     with pytest.raises(ValueError, match="beta must be 'critical' or a finite number > 0"):
         parse_coupling(value)
+
+
+def test_require_names_the_first_requirement_a_lattice_fails():
+    assert Lattice((8, 8)).require("x", square=True, power_of_two=True, even=True) == Lattice((8, 8))
+    with pytest.raises(ValueError, match="the flow needs a 1D or 2D lattice, got the 3D lattice 4x4x4"):
+        Lattice((4, 4, 4)).require("the flow", dims=(1, 2))
+    with pytest.raises(ValueError, match="square L\\^d lattice, got 4x8"):
+        Lattice((4, 8)).require("CORA", square=True)
+    with pytest.raises(ValueError, match="power of two >= 2, got 6x6"):
+        Lattice((6, 6)).require("CORA", power_of_two=True)
+    with pytest.raises(ValueError, match="even extents, got 5x6"):
+        Lattice((5, 6)).require("the RBM projector", even=True)

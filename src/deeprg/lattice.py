@@ -40,6 +40,24 @@ class Lattice:
             raise ValueError(f"lattice extents must be >= 2, got shape={shape}")
         object.__setattr__(self, "shape", shape)
 
+    def require(self, what: str, *, dims: tuple[int, ...] = (1, 2, 3), square: bool = False,
+                power_of_two: bool = False, even: bool = False) -> Lattice:
+        """Return ``self`` if it suits ``what`` (e.g. ``"the flow"``), else ``ValueError`` naming
+        the first requirement it fails: dimension in ``dims``; all extents equal (``square``);
+        ``L`` a power of two (``power_of_two``); even extents (``even``). The one place where the
+        methods check the lattices they accept."""
+        shape = "x".join(map(str, self.shape))
+        if self.d not in dims:
+            allowed = " or ".join(f"{d}D" for d in dims)
+            raise ValueError(f"{what} needs a {allowed} lattice, got the {self.d}D lattice {shape}")
+        if square and len(set(self.shape)) > 1:
+            raise ValueError(f"{what} needs a square L^d lattice, got {shape}")
+        if power_of_two and any(s & (s - 1) for s in self.shape):
+            raise ValueError(f"{what} needs each extent to be a power of two >= 2, got {shape}")
+        if even and any(s % 2 for s in self.shape):
+            raise ValueError(f"{what} needs a lattice of even extents, got {shape}")
+        return self
+
     @classmethod
     def square(cls, L: int, d: int = 2) -> Lattice:
         """The ``L^d`` hypercubic lattice."""

@@ -174,6 +174,20 @@ class RunDir:
             raise CheckpointMismatch(f"{str(self.config_path)!r} is corrupt ({type(err).__name__}: {err})") from None
         return check_run_format(saved, self.kind, self.config_path)
 
+    def load_config(self, cls: type, **changes: Any):
+        """The run's config as an instance of the dataclass ``cls`` (keys ``cls`` does not know,
+        such as provenance, are left out), with ``changes`` applied; :class:`CheckpointMismatch`
+        naming the file if it does not make a valid ``cls``."""
+        import dataclasses
+
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in self.saved_config().items() if k in known}
+        values.update({k: v for k, v in changes.items() if v is not None})
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as err:
+            raise CheckpointMismatch(f"{str(self.config_path)!r} is not a usable {self.kind} config ({err})") from None
+
     def write_config(self, config: dict, **extra: Any) -> None:
         """Create the directory if needed and write ``config.json``: the format stamp,
         ``config`` (the resolved config as a dict), provenance and ``extra`` keys."""

@@ -24,7 +24,7 @@ COMMANDS = {
     "sample": ("deeprg.cli.sample", "Monte Carlo samples of lattice models"),
     "data": ("deeprg.cli.data", "spin datasets (.npz)"),
     "rsrg": ("deeprg.cli.rsrg", "optimal real-space RG: train the RBM projector (Chung & Kao)"),
-    "mcrg": ("deeprg.cli.rsrg", "Monte Carlo RG exponents y_t and y_h of an RG transformation"),
+    "mcrg": ("deeprg.cli.mcrg", "Monte Carlo RG exponents y_t and y_h of an RG transformation"),
     "cora": ("deeprg.cli.cora", "CORA: a stochastic MERA learned from samples (Beny 2013)"),
 }
 
@@ -47,7 +47,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = set(COMMANDS) if argv is None else set(argv[:1]) & set(COMMANDS)
     for name, (module, text) in COMMANDS.items():
-        if name in chosen and name not in sub.choices:
+        if name in chosen:
             importlib.import_module(module).add_parser(sub)
     for name, (module, text) in COMMANDS.items():
         if name not in sub.choices:

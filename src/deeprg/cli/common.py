@@ -88,6 +88,20 @@ def seed(value: str) -> int:
     return v
 
 
+def cpu_threads(value: str) -> int:
+    """argparse type for ``--threads``: an integer from 1 to the number of CPUs (more threads than
+    CPUs only slows torch down, and a huge count makes it fail or hang)."""
+    cpus = os.cpu_count() or 1
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer between 1 and {cpus}, got {value!r}") from None
+    if not 1 <= v <= cpus:
+        raise argparse.ArgumentTypeError(f"must be an integer between 1 and {cpus} (the CPUs of this machine), "
+                                         f"got {v}")
+    return v
+
+
 def positive_float(value: str) -> float:
     """argparse type: a finite number > 0."""
     try:
@@ -105,6 +119,8 @@ def writable_file(path: str, option: str) -> Path:
     parent = p.parent if str(p.parent) else Path(".")
     if p.is_dir():
         raise UsageError(f"{option}: {path!r} is a directory, expected a file path")
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"{option}: {str(parent)!r} is not a directory")
     if not parent.is_dir():
         raise UsageError(f"{option}: directory {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK):

@@ -10,7 +10,14 @@ from __future__ import annotations
 import argparse
 
 from deeprg.cli import cora_tools
-from deeprg.cli.common import UsageError, device, int_at_least, positive_float, seed
+from deeprg.cli.common import (
+    UsageError,
+    cpu_threads,
+    device,
+    int_at_least,
+    positive_float,
+    seed,
+)
 from deeprg.cli.training import Option, TrainCommand, add_train_options, train
 from deeprg.cora.learn import METHODS, CoraTrainConfig
 
@@ -30,7 +37,7 @@ OPTIONS = [
     Option("seed", ("--seed",), "random seed, 0 <= seed < 2^64", {"type": seed}),
     Option("dtype", ("--dtype",), "floating-point precision", {"choices": ("float32", "float64")}),
     Option("device", ("--device",), "torch device: cpu, cuda or cuda:N", {"type": device}),
-    Option("threads", ("--threads",), "torch CPU threads", {"type": int_at_least(1)}),
+    Option("threads", ("--threads",), "torch CPU threads, 1 .. the number of CPUs", {"type": cpu_threads}),
 ]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 
 from deeprg.cli.common import (
     UsageError,
+    cpu_threads,
     device,
     distinct_paths,
     int_at_least,
@@ -41,20 +41,6 @@ MAX_GREY = 16
 
 DEVICE_HELP = ("torch device: cpu, cuda or cuda:N [cpu]; the same --seed draws other samples on another "
                "device (each has its own random generator)")
-
-
-def cpu_threads(value: str) -> int:
-    """argparse type for ``--threads``: an integer from 1 to the number of CPUs (more threads than
-    CPUs only slows torch down, and a huge count makes it fail or hang)."""
-    cpus = os.cpu_count() or 1
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer between 1 and {cpus}, got {value!r}") from None
-    if not 1 <= v <= cpus:
-        raise argparse.ArgumentTypeError(f"must be an integer between 1 and {cpus} (the CPUs of this machine), "
-                                         f"got {v}")
-    return v
 
 
 def grey_level(value: str) -> float:

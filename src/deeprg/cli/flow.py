@@ -8,7 +8,14 @@ from __future__ import annotations
 import argparse
 
 from deeprg.cli import flow_tools
-from deeprg.cli.common import coupling, device, int_at_least, positive_float, seed
+from deeprg.cli.common import (
+    coupling,
+    cpu_threads,
+    device,
+    int_at_least,
+    positive_float,
+    seed,
+)
 from deeprg.cli.training import Option, TrainCommand, add_train_options, train
 from deeprg.flows.hierarchy import ARCHITECTURES
 from deeprg.flows.train import FlowTrainConfig
@@ -32,7 +39,8 @@ OPTIONS = [
     Option("seed", ("--seed",), "random seed, 0 <= seed < 2^64", {"type": seed}),
     Option("dtype", ("--dtype",), "floating-point precision", {"choices": ("float32", "float64")}),
     Option("device", ("--device",), "torch device: cpu, cuda or cuda:N", {"type": device}),
-    Option("threads", ("--threads",), "torch CPU threads", {"type": int_at_least(1)}, "[torch default]"),
+    Option("threads", ("--threads",), "torch CPU threads, 1 .. the number of CPUs (more help only large lattices on an "
+           "idle machine)", {"type": cpu_threads}),
 ]
 
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from deeprg.cli.common import (
     UsageError,
+    cpu_threads,
     device,
     int_at_least,
     positive_float,
@@ -48,8 +49,20 @@ from deeprg.flows.train import Trainer, load_run, variational_free_energy
 from deeprg.mc.hmc import HMCDivergence
 from deeprg.mc.reference import ising_reference
 from deeprg.mc.stats import Estimate, estimate, format_value_error
-from deeprg.plots import field_grid, hmc_traces, latent_energy, latent_response_maps, mutual_information_maps
-from deeprg.runs import CHECKPOINT_NAME, CONFIG_NAME, CheckpointMismatch, atomic_path, write_json
+from deeprg.plots import (
+    field_grid,
+    hmc_traces,
+    latent_energy,
+    latent_response_maps,
+    mutual_information_maps,
+)
+from deeprg.runs import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    CheckpointMismatch,
+    atomic_path,
+    write_json,
+)
 
 #: Fewest production steps of ``flow hmc`` and ``flow mh``: the error bars come from the
 #: autocorrelation of each chain's series, which needs a few steps at least.
@@ -110,7 +123,7 @@ def add_actions(actions: argparse._SubParsersAction) -> None:
                    help="leapfrog steps per HMC transition with --anneal [5]")
     e.add_argument("--seed", type=seed, default=0, help="random seed [0]")
     e.add_argument("--device", type=device, help=DEVICE_HELP)
-    e.add_argument("--threads", type=int_at_least(1), help="torch CPU threads")
+    e.add_argument("--threads", type=cpu_threads, help="torch CPU threads")
     e.add_argument("--json", action="store_true", help="print a machine-readable summary")
     e.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     e.set_defaults(run=_exit_1_on_non_finite(run_estimate))
@@ -138,7 +151,7 @@ def add_actions(actions: argparse._SubParsersAction) -> None:
     h.add_argument("--leapfrog", type=int_at_least(1), default=10, help="leapfrog steps per trajectory [10]")
     h.add_argument("--seed", type=seed, default=0, help="random seed [0]")
     h.add_argument("--device", type=device, help=DEVICE_HELP)
-    h.add_argument("--threads", type=int_at_least(1), help="torch CPU threads")
+    h.add_argument("--threads", type=cpu_threads, help="torch CPU threads")
     h.add_argument("--out", help="directory for hmc.json and the Fig. 3(b)-style plots hmc_*.png, created if "
                    "needed [none]")
     h.add_argument("--json", action="store_true", help="print a machine-readable summary")
@@ -158,7 +171,7 @@ def add_actions(actions: argparse._SubParsersAction) -> None:
     i.add_argument("--warmup", type=int_at_least(0), default=100, help="steps discarded first [100]")
     i.add_argument("--seed", type=seed, default=0, help="random seed [0]")
     i.add_argument("--device", type=device, help=DEVICE_HELP)
-    i.add_argument("--threads", type=int_at_least(1), help="torch CPU threads")
+    i.add_argument("--threads", type=cpu_threads, help="torch CPU threads")
     i.add_argument("--json", action="store_true", help="print a machine-readable summary")
     i.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     i.set_defaults(run=_exit_1_on_non_finite(run_mh))

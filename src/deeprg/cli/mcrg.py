@@ -10,8 +10,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from deeprg.cli.common import UsageError, int_at_least, print_json, seed, writable_file
-from deeprg.cli.cora_tools import cpu_threads
+from deeprg.cli.common import (
+    UsageError,
+    cpu_threads,
+    int_at_least,
+    print_json,
+    seed,
+    writable_file,
+)
 from deeprg.data import SpinDataset, load_dataset
 from deeprg.mc.stats import format_value_error
 from deeprg.plots import exponent_vs_epoch
@@ -30,9 +36,8 @@ from deeprg.runs import write_json
 EXACT = {"y_t": 1.0, "y_h": 15 / 8}
 
 
-def add_actions(sub: argparse._SubParsersAction, actions: argparse._SubParsersAction) -> None:
-    """Add ``deeprg mcrg`` to the top-level subparsers ``sub`` and ``exponent-vs-epoch`` to the
-    ``deeprg rsrg`` actions."""
+def add_exponent_vs_epoch(actions: argparse._SubParsersAction) -> None:
+    """Add ``exponent-vs-epoch`` to the ``deeprg rsrg`` actions."""
     e = actions.add_parser(
         "exponent-vs-epoch", help="MCRG y_t of the filter saved after every epoch (Chung & Kao Fig. 2)",
         description="Apply the filter of every saved epoch (and the majority rule, for reference) to "
@@ -44,6 +49,9 @@ def add_actions(sub: argparse._SubParsersAction, actions: argparse._SubParsersAc
     e.add_argument("--couplings", type=int_at_least(1), default=7, help="N_c even couplings, 1 .. 7 [7]")
     e.set_defaults(run=run_exponent_vs_epoch)
 
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``deeprg mcrg`` to the top-level subparsers."""
     m = sub.add_parser(
         "mcrg", help="Monte Carlo RG exponents y_t and y_h of an RG transformation",
         description="Coarse-grain the configurations N_r = 1..levels times with b = 2 and compute "

@@ -11,7 +11,13 @@ from __future__ import annotations
 import argparse
 
 from deeprg.cli import mcrg
-from deeprg.cli.common import UsageError, int_at_least, positive_float, seed
+from deeprg.cli.common import (
+    UsageError,
+    cpu_threads,
+    int_at_least,
+    positive_float,
+    seed,
+)
 from deeprg.cli.training import Option, TrainCommand, add_train_options, train
 from deeprg.rsrg.train import SCHEDULES, RBMTrainConfig
 
@@ -32,7 +38,7 @@ OPTIONS = [
     Option("schedule", ("--schedule",), "form of the square-root learning-rate decay", {"choices": SCHEDULES}),
     Option("seed", ("--seed",), "random seed, 0 <= seed < 2^64", {"type": seed}),
     Option("dtype", ("--dtype",), "floating-point precision", {"choices": ("float32", "float64")}),
-    Option("threads", ("--threads",), "torch CPU threads", {"type": int_at_least(1)}),
+    Option("threads", ("--threads",), "torch CPU threads, 1 .. the number of CPUs", {"type": cpu_threads}),
 ]
 
 
@@ -49,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--data", required=True, help="training dataset (.npz, Ising, 2D)")
     add_train_options(q, COMMAND, out_default=None)
     q.set_defaults(run=lambda args: train(args, COMMAND))
-    mcrg.add_actions(sub, actions)
+    mcrg.add_exponent_vs_epoch(actions)
 
 
 def _prepare(args: argparse.Namespace) -> dict:

@@ -14,6 +14,7 @@ from deeprg import Lattice, __version__
 from deeprg.cli.common import (
     UsageError,
     coupling,
+    cpu_threads,
     int_at_least,
     print_json,
     writable_file,
@@ -81,7 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--sampler", choices=SAMPLERS, default="wolff", help="update [wolff]")
     q.add_argument("--chains", type=int_at_least(1), default=2,
                    help="independent chains, run in parallel; must divide --n [2]")
-    q.add_argument("--threads", type=int_at_least(1), default=None, help="threads [min(chains, cores)]")
+    q.add_argument("--threads", type=cpu_threads, default=None, help="threads [min(chains, cores)]")
     q.add_argument("--thin", type=thinning, default="auto",
                    help="updates between saved configurations, or 'auto' (2 tau_int of the energy, "
                    "measured in the second half of the burn-in) [auto]")

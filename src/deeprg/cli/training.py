@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from deeprg.cli.common import StopOnSignal, UsageError, print_json
-from deeprg.config import ConfigError, check_memory, default_text, load_config, read_toml, resume_config
+from deeprg.config import (
+    ConfigError,
+    check_memory,
+    default_text,
+    load_config,
+    read_toml,
+    resume_config,
+)
 from deeprg.runs import CheckpointMismatch, RunDir
 
 

@@ -413,17 +413,14 @@ def load_run(run_dir: str | Path) -> tuple[Cora, CoraTrainConfig, dict]:
     its config and the full ``config.json``. Raises :class:`CheckpointMismatch` naming what is
     missing or unusable."""
     run = RunDir(run_dir, "cora")
-    config_path, checkpoint = run.config_path, run.checkpoint
+    checkpoint = run.checkpoint
     if not run.path.is_dir():
         raise CheckpointMismatch(f"run directory {str(run.path)!r} does not exist")
     saved = run.saved_config()
+    cfg = run.load_config(CoraTrainConfig, **{k: CoraTrainConfig.__dataclass_fields__[k].default
+                                              for k in CoraTrainConfig.RESUMABLE})
     if not checkpoint.exists():
         raise CheckpointMismatch(f"run directory {str(run.path)!r} is incomplete: {checkpoint.name} is missing")
-    try:
-        known = {f.name for f in dataclasses.fields(CoraTrainConfig)}
-        cfg = CoraTrainConfig(**{k: v for k, v in saved.items() if k in known and k not in CoraTrainConfig.RESUMABLE})
-    except (TypeError, ValueError) as err:
-        raise CheckpointMismatch(f"{str(config_path)!r} is not a usable CORA config ({err})") from None
     net = cfg.build_network()
     try:
         net.load_state_dict(load_checkpoint(checkpoint)["network"])

@@ -69,14 +69,9 @@ def check_lattice_shape(shape) -> tuple[int, ...]:
     """``shape`` as a tuple if it is ``(L,)`` or ``(L, L)`` with ``L`` a power of two >= 2; else
     ``ValueError`` naming the problem."""
     shape = tuple(int(s) for s in shape)
-    if len(shape) not in (1, 2):
-        raise ValueError(f"lattice must be 1D (L,) or 2D (L, L), got shape {shape}")
-    L = shape[0]
-    if any(s != L for s in shape):
-        raise ValueError(f"a 2D lattice must be square (L, L), got shape {shape}")
-    if L < 2 or L & (L - 1):
-        raise ValueError(f"lattice size L must be a power of two >= 2, got L = {L}")
-    return shape
+    if not 1 <= len(shape) <= 3 or any(s < 2 for s in shape):
+        raise ValueError(f"CORA needs a 1D (L,) or 2D (L, L) lattice with L >= 2, got shape {shape}")
+    return Lattice(shape).require("CORA", dims=(1, 2), square=True, power_of_two=True).shape
 
 
 @dataclass(frozen=True)

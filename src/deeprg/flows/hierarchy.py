@@ -83,10 +83,9 @@ def _plaquettes(lattice: Lattice, scale: int, shifted: bool) -> np.ndarray:
 
 
 def _check_power_of_two_lattice(lattice: Lattice) -> int:
-    L = lattice.shape[0]
-    if any(s != L for s in lattice.shape) or L < 2 or L & (L - 1):
-        raise ValueError(f"the flow needs an L^d lattice with L a power of two >= 2, got shape {lattice.shape}")
-    return L.bit_length() - 1
+    """``log2 L`` of an ``L^d`` lattice with ``L`` a power of two."""
+    lattice.require("the flow", square=True, power_of_two=True)
+    return lattice.shape[0].bit_length() - 1
 
 
 def layer_specs(lattice: Lattice, arch: str = "mera", depth: int | None = None) -> list[LayerSpec]:

@@ -91,7 +91,10 @@ class FlowTrainConfig:
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
-    threads: int | None = None
+    #: torch CPU threads (None: torch's default, one per core). One by default: the main job runs as
+    #: fast on one thread as on two when alone, and 4.6x faster beside one busy process
+    #: (benchmarks/results/cli.md).
+    threads: int | None = 1
     eval_samples: int = 16384
     checkpoint_seconds: float = 60.0
 
@@ -308,19 +311,9 @@ def load_run(run_dir: str | Path, device: str | None = None, threads: int | None
     run = RunDir(run_dir, "flow")
     if not run.path.is_dir():
         raise CheckpointMismatch(f"run directory {str(run.path)!r} does not exist")
-    saved = run.saved_config()
+    cfg = run.load_config(FlowTrainConfig, device=device, threads=threads)
     if not run.checkpoint.exists():
         raise CheckpointMismatch(f"run directory {str(run.path)!r} is incomplete: {run.checkpoint.name} is missing")
-    known = {f.name for f in dataclasses.fields(FlowTrainConfig)}
-    values = {k: v for k, v in saved.items() if k in known}
-    if device is not None:
-        values["device"] = device
-    if threads is not None:
-        values["threads"] = threads
-    try:
-        cfg = FlowTrainConfig(**values)
-    except (TypeError, ValueError) as err:
-        raise CheckpointMismatch(f"{str(run.config_path)!r} is not a usable flow config ({err})") from None
     trainer = Trainer(cfg)
     trainer.load(run.checkpoint)
     return trainer

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deeprg.lattice import Lattice
+
 __all__ = [
     "check_filter",
     "coupling_matrix",
@@ -50,8 +52,9 @@ def check_filter(f: int, shape: tuple[int, ...]) -> None:
     """Raise ``ValueError`` unless ``f`` is an even filter size fitting the 2D lattice ``shape``."""
     if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 2 or f % 2:
         raise ValueError(f"filter size must be an even integer >= 2 (centred on a 2x2 block), got {f!r}")
-    if len(shape) != 2 or any(s % 2 for s in shape):
+    if not 1 <= len(shape) <= 3 or any(s < 2 for s in shape):
         raise ValueError(f"the RBM projector needs a 2D lattice of even extents, got shape {tuple(shape)}")
+    Lattice(tuple(shape)).require("the RBM projector", dims=(2,), even=True)
     if f > min(shape):
         raise ValueError(f"filter size {f} is larger than the lattice {shape[0]}x{shape[1]}")
 
