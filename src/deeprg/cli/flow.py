@@ -18,6 +18,7 @@ from deeprg.cli.common import (
 )
 from deeprg.cli.training import Option, TrainCommand, add_train_options, train
 from deeprg.flows.hierarchy import ARCHITECTURES
+from deeprg.flows.objectives import OBJECTIVES, PI_SOURCES
 from deeprg.flows.train import FlowTrainConfig
 
 BOOL = {"action": argparse.BooleanOptionalAction, "default": None}
@@ -36,6 +37,14 @@ OPTIONS = [
            BOOL),
     Option("hidden", ("--hidden",), "hidden widths of the coupling MLPs", {"type": int_at_least(1), "nargs": "+"}),
     Option("n_couplings", ("--couplings",), "affine couplings per block", {"type": int_at_least(1)}),
+    Option("objective", ("--objective",), "reverse KL (Eq. 5), forward KL on samples of pi, or their mixture",
+           {"choices": OBJECTIVES}),
+    Option("forward_weight", ("--forward-weight",), "weight of the forward KL in the mixture, in (0, 1)",
+           {"type": positive_float}),
+    Option("pi_source", ("--pi-source",), "samples of pi for the forward KL: the exact reference sampler or "
+           "latent HMC chains run alongside", {"choices": PI_SOURCES}),
+    Option("diagnostics_every", ("--diagnostics-every",), "log reverse ESS, tail index and the flow's structure "
+           "factor every this many steps, 0 = off", {"type": int_at_least(0)}),
     Option("seed", ("--seed",), "random seed, 0 <= seed < 2^64", {"type": seed}),
     Option("dtype", ("--dtype",), "floating-point precision", {"choices": ("float32", "float64")}),
     Option("device", ("--device",), "torch device: cpu, cuda or cuda:N", {"type": device}),
@@ -75,6 +84,8 @@ def _postfix(record: dict) -> dict | None:
     post = {"F": f"{record['loss']:.4f}"}
     if "relative_error" in record:
         post["rel_err"] = f"{record['relative_error']:.2e}"
+    if "reverse_ess" in record:
+        post["ESS"] = f"{record['reverse_ess']:.2f}"
     return post
 
 
@@ -93,7 +104,12 @@ def _finish(trainer, run, context) -> tuple[dict, list[str]]:
         "wall_seconds": trainer.wall_seconds,
         "eval_samples": cfg.eval_samples,
         "seed": cfg.seed,
+        "objective": cfg.objective,
     }
+    last = next((r for r in reversed(trainer.history) if "reverse_ess" in r), None)
+    if last is not None:
+        metrics["diagnostics"] = {k: last[k] for k in ("step", "reverse_ess", "pareto_k", "structure_factor",
+                                                       "reference_structure_factor") if k in last}
     write_json(run.path / "metrics.json", metrics)
     training_curve(trainer.history, exact, run.path / "training_curve.png",
                    title=f"{cfg.arch}, L={cfg.L}, K={cfg.beta:.4g}, batch {cfg.batch}")
@@ -101,6 +117,13 @@ def _finish(trainer, run, context) -> tuple[dict, list[str]]:
     if exact is not None:
         lines += [f"exact free energy      -ln Z = {exact:.6f}",
                   f"relative error               = {metrics['relative_error']:.3e}"]
+    if last is not None:
+        d = metrics["diagnostics"]
+        line = f"at step {d['step']}: reverse ESS {d['reverse_ess']:.3f} of the batch, Pareto tail index {d['pareto_k']:.2f}"
+        if "structure_factor" in d:
+            line += (f"; flow structure factor {d['structure_factor']:.4f} (reference "
+                     f"{d['reference_structure_factor']:.4f})")
+        lines.append(line)
     lines.append(f"{trainer.step_count} steps in {trainer.wall_seconds:.1f} s; run directory {run.path}")
     return metrics, lines
 

@@ -5,7 +5,11 @@ The loss is the reverse KL up to the constant ``ln Z``::
     F_q = E_{z ~ p} [ ln p(z) - ln|det dg/dz| - ln pi(g(z)) ] >= -ln Z,       (Eq. 5)
 
 estimated on a batch with the reparametrization trick and minimized with Adam under a cosine
-learning-rate schedule. :class:`Trainer` owns the flow, the target, the optimizer and the random
+learning-rate schedule; or (``objective``) the forward KL ``-E_pi[ln q]`` on samples of ``pi``, or
+the mixture ``(1 - forward_weight) F_q + forward_weight (-E_pi[ln q])``
+(:mod:`deeprg.flows.objectives`). With ``diagnostics_every = k > 0`` every k-th step also logs
+the reverse effective sample size and the Pareto tail index of the batch's importance weights
+and the flow's own (unweighted) structure factor next to the reference value. :class:`Trainer` owns the flow, the target, the optimizer and the random
 generator, so that a checkpoint restores a run exactly (same seed, same numbers, interrupted or
 not). Numerical work only: files are written by :mod:`deeprg.runs` through :meth:`Trainer.save`.
 """
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+from torch import Tensor
 
 from deeprg.config import (
     DTYPE_NAMES,
@@ -32,7 +37,9 @@ from deeprg.config import (
     torch_dtype,
 )
 from deeprg.flows.flow import Flow
+from deeprg.flows.estimators import pareto_k
 from deeprg.flows.hierarchy import ARCHITECTURES, Hierarchy, layer_specs
+from deeprg.flows.objectives import OBJECTIVES, PI_SOURCES, LatentHMCSource, ReferenceSource, forward_nll
 from deeprg.lattice import Lattice
 from deeprg.mc.stats import Estimate
 from deeprg.models.ising import parse_coupling
@@ -57,7 +64,7 @@ MODEL_KEYS = ("L", "d", "beta", "min_eigenvalue", "arch", "depth", "n_couplings"
 CHECKPOINT_FORMAT = "deeprg.flow-checkpoint/1"
 #: Entries of a checkpoint (besides ``format``) and their types.
 CHECKPOINT_SCHEMA = {"config": str, "flow": dict, "optimizer": dict, "scheduler": dict, "generator": torch.Tensor,
-                     "step": int, "wall_seconds": float, "history": list}
+                     "step": int, "wall_seconds": float, "history": list, "pi_source": dict}
 
 
 @dataclass
@@ -97,9 +104,23 @@ class FlowTrainConfig:
     threads: int | None = 1
     eval_samples: int = 16384
     checkpoint_seconds: float = 60.0
+    #: ``reverse`` (Eq. 5), ``forward`` (-E_pi[ln q]) or ``mixture`` of the two.
+    objective: str = "reverse"
+    #: Weight lambda of the forward KL in the mixture.
+    forward_weight: float = 0.5
+    #: Samples of pi for the forward KL: the target's exact ``reference`` sampler (pools of
+    #: ``pi_pool``) or latent ``hmc`` chains run alongside (``batch`` chains, ``hmc_moves``
+    #: transitions of ``hmc_leapfrog`` steps per training step).
+    pi_source: str = "reference"
+    pi_pool: int = 16384
+    hmc_moves: int = 1
+    hmc_leapfrog: int = 5
+    #: Log reverse ESS, tail index and the flow's structure factor every this many steps (0: off).
+    diagnostics_every: int = 0
 
     #: Keys a resumed run may change; the others define the run.
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "threads", "device", "eval_samples", "checkpoint_seconds")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "threads", "device", "eval_samples", "checkpoint_seconds",
+                                            "diagnostics_every")
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -124,6 +145,15 @@ class FlowTrainConfig:
         need(self, self.threads is None or self.threads >= 1, "threads", "an integer >= 1")
         need(self, self.eval_samples >= 2, "eval_samples", "an integer >= 2")
         need(self, self.checkpoint_seconds > 0, "checkpoint_seconds", "> 0")
+        need(self, self.objective in OBJECTIVES, "objective", f"one of {OBJECTIVES}")
+        need(self, 0 < self.forward_weight < 1, "forward_weight", "in (0, 1)")
+        need(self, self.pi_source in PI_SOURCES, "pi_source", f"one of {PI_SOURCES}")
+        uses_pool = self.objective != "reverse" and self.pi_source == "reference"
+        need(self, self.pi_pool >= (self.batch if uses_pool else 1), "pi_pool",
+             f"an integer >= batch = {self.batch}" if uses_pool else "an integer >= 1")
+        need(self, self.hmc_moves >= 1, "hmc_moves", "an integer >= 1")
+        need(self, self.hmc_leapfrog >= 1, "hmc_leapfrog", "an integer >= 1")
+        need(self, self.diagnostics_every >= 0, "diagnostics_every", "an integer >= 0 (0: off)")
         resolve_device(self.device)
         # the architecture must fit the lattice
         try:
@@ -212,6 +242,22 @@ class Trainer(TrainerBase):
         self.step_count = 0
         self.history: list[dict[str, float]] = []
         self.wall_seconds = 0.0
+        self.pi_source = None if cfg.objective == "reverse" else self._pi_source()
+        self._diagnostic_generator: torch.Generator | None = None
+        self._reference_structure_factor: tuple[float, float] | None = None
+
+    def _pi_source(self):
+        cfg = self.cfg
+        if cfg.pi_source == "hmc":
+            gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
+            return LatentHMCSource(cfg.batch, cfg.hmc_moves, cfg.hmc_leapfrog, generator=gen)
+        from deeprg.models.relaxed import reference_sampler
+
+        sample = reference_sampler(self.target)
+        if sample is None:
+            raise ConfigError(f"pi_source: the target {type(self.target).__name__} has no reference sampler; use "
+                              "pi_source = 'hmc' (latent HMC chains run alongside the training)")
+        return ReferenceSource(sample, cfg.seed, cfg.pi_pool)
 
     @property
     def position(self) -> int:
@@ -229,9 +275,19 @@ class Trainer(TrainerBase):
         """One optimization step; returns the history record. Raises :class:`NonFiniteLoss`
         (leaving the parameters untouched) if the loss or the gradient is not finite."""
         t0 = time.perf_counter()
-        x, log_q = self.flow.sample_and_log_prob(self.cfg.batch, self.generator)
-        f = log_q - self.target.log_prob_unnormalized(x)
-        loss = f.mean()
+        cfg = self.cfg
+        with torch.set_grad_enabled(cfg.objective != "forward"):
+            x, log_q = self.flow.sample_and_log_prob(cfg.batch, self.generator)
+            f = log_q - self.target.log_prob_unnormalized(x)
+        extra: dict[str, float] = {}
+        if cfg.objective == "reverse":
+            loss = f.mean()
+        else:
+            nll = forward_nll(self.flow, self.pi_source.draw(self.flow, self.target, cfg.batch))
+            extra["forward_nll"] = float(nll.detach())
+            if isinstance(self.pi_source, LatentHMCSource):
+                extra["hmc_acceptance"] = self.pi_source.acceptance
+            loss = nll if cfg.objective == "forward" else (1 - cfg.forward_weight) * f.mean() + cfg.forward_weight * nll
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"non-finite loss {loss.item()} at step {self.step_count + 1}")
@@ -246,16 +302,43 @@ class Trainer(TrainerBase):
         self.wall_seconds += time.perf_counter() - t0
         record = {
             "step": self.step_count,
-            "loss": float(loss.detach()),
+            "loss": float(f.detach().mean()),
             "error": float(f.detach().std() / math.sqrt(len(f))),
+            **extra,
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": self.wall_seconds,
         }
         if self.exact_free_energy is not None:
             record["gap"] = record["loss"] - self.exact_free_energy
             record["relative_error"] = record["gap"] / abs(self.exact_free_energy)
+        if cfg.diagnostics_every and self.step_count % cfg.diagnostics_every == 0:
+            record.update(self.diagnostics(x.detach(), -f.detach()))
         self.history.append(record)
         return record
+
+    @torch.no_grad()
+    def diagnostics(self, x: Tensor, log_w: Tensor) -> dict[str, float]:
+        """Trust diagnostics of flow samples ``x`` ``(batch, *event)`` with log importance weights
+        ``log_w = ln pi - ln q``: the reverse ESS fraction ``(sum w)^2 / (n sum w^2)``, the Pareto
+        tail index of the weights (NaN for a batch under 25), and for an Ising target the flow's own (unweighted) structure
+        factor ``<(sum_i s_i)^2> / N^2`` of spins ``s ~ pi(s|x)`` with its reference value (exact
+        or Wolff Monte Carlo, :func:`deeprg.mc.reference.ising_reference`). Uses its own random
+        generator, so the training's random stream does not depend on the diagnostics."""
+        lw = log_w.double()
+        ess = float(torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0))) / len(lw)
+        out = {"reverse_ess": ess, "pareto_k": pareto_k(lw) if len(lw) >= 25 else math.nan}
+        if hasattr(self.target, "sample_spins"):
+            if self._diagnostic_generator is None:
+                self._diagnostic_generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 1)
+                from deeprg.mc.reference import ising_reference
+
+                ref = ising_reference(self.target.lattice, self.cfg.beta, seed=self.cfg.seed)["structure_factor"]
+                self._reference_structure_factor = (ref.mean, ref.error)
+            s = self.target.sample_spins(x, self._diagnostic_generator).double()
+            n = s[0].numel()
+            out["structure_factor"] = float((s.reshape(len(s), -1).sum(1) ** 2).mean() / n**2)
+            out["reference_structure_factor"] = self._reference_structure_factor[0]
+        return out
 
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -269,6 +352,7 @@ class Trainer(TrainerBase):
             "step": self.step_count,
             "wall_seconds": self.wall_seconds,
             "history": self.history,
+            "pi_source": {} if self.pi_source is None else self.pi_source.state_dict(),
         }
 
     def save(self, path: str | Path) -> None:
@@ -292,6 +376,11 @@ class Trainer(TrainerBase):
             self.generator.set_state(state["generator"])
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
             raise CheckpointMismatch(f"{str(path)!r} does not fit its config ({err})") from None
+        if self.pi_source is not None:
+            try:
+                self.pi_source.load_state_dict(state["pi_source"])
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                raise CheckpointMismatch(f"{str(path)!r}: its pi-sample source state is unusable ({err})") from None
         self.step_count = int(state["step"])
         self.wall_seconds = float(state["wall_seconds"])
         self.history = list(state["history"])
