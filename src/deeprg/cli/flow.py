@@ -45,6 +45,8 @@ OPTIONS = [
            "latent HMC chains run alongside", {"choices": PI_SOURCES}),
     Option("diagnostics_every", ("--diagnostics-every",), "log reverse ESS, tail index and the flow's structure "
            "factor every this many steps, 0 = off", {"type": int_at_least(0)}),
+    Option("init_from", ("--init-from",), "start from the trained flow of this run directory on an L/2 (or L) "
+           "lattice (Li & Wang, footnote 53)", {"metavar": "RUN"}, "[random]"),
     Option("seed", ("--seed",), "random seed, 0 <= seed < 2^64", {"type": seed}),
     Option("dtype", ("--dtype",), "floating-point precision", {"choices": ("float32", "float64")}),
     Option("device", ("--device",), "torch device: cpu, cuda or cuda:N", {"type": device}),

@@ -143,6 +143,7 @@ class BlockRealNVP(nn.Module):
         super().__init__()
         self.k, self.n_blocks, self.s_max = k, n_blocks, float(s_max)
         self.partitions = coupling_partitions(k, n_couplings)
+        self.shared = bool(shared)
         groups = 1 if shared else n_blocks
         self.nets = nn.ModuleList(
             _GroupedMLP(len(cond), tuple(hidden), 2 * len(upd), groups) for cond, upd in self.partitions

@@ -185,6 +185,44 @@ class Hierarchy(nn.Module):
                 logdet = logdet + ld
         return x, logdet
 
+    @torch.no_grad()
+    def initialize_from(self, smaller: Hierarchy) -> None:
+        """Copy the weights of a trained hierarchy on an ``L/2`` (or the same ``L``) lattice into
+        this one (Li & Wang, footnote 53: a larger system starts from the weights trained on a
+        smaller one). Block layers must share their weights across blocks. In RG order, this
+        flow's layers at scale ``s + 1`` take the weights of ``smaller``'s layers at scale ``s``
+        (the coarse part of a ``2L`` lattice sees an ``L`` lattice) and its scale-0 layers also
+        take ``smaller``'s scale-0 weights; the site map is copied, and the linear map's
+        log-eigenvalues are carried over to the finer Fourier grid (``k_j = 2 pi j / 2L`` takes the
+        value at index ``j // 2`` of the ``L`` grid; :class:`CirculantLinear` symmetrizes them in
+        ``k``). Raises ``ValueError`` naming what does not fit."""
+        L, L_small = self.lattice.shape[0], smaller.lattice.shape[0]
+        if self.lattice.d != smaller.lattice.d or L not in (L_small, 2 * L_small):
+            raise ValueError(f"can initialize an {L}^{self.lattice.d} flow only from an L = {L} or {L // 2} flow "
+                             f"of the same dimension, got {L_small}^{smaller.lattice.d}")
+        if self.arch != smaller.arch or self.arch == "tebd":
+            raise ValueError(f"both flows must have the same arch, mera or tree; got {self.arch} and {smaller.arch}")
+        for name in ("linear", "elementwise"):
+            if (getattr(self, name) is None) != (getattr(smaller, name) is None):
+                raise ValueError(f"both flows must have the same {name} map (on or off)")
+        if not all(layer.shared for layer in (*self.layers, *smaller.layers)):
+            raise ValueError("initializing from a smaller flow needs shared block weights (shared = true)")
+        source = {(spec.kind, spec.scale): layer for spec, layer in zip(smaller.specs, smaller.layers)}
+        for spec, layer in zip(self.specs, self.layers):
+            same_kind = sorted(scale for kind, scale in source if kind == spec.kind)
+            if not same_kind:  # e.g. the disentanglers of a 4^d MERA from a 2^d one: left as initialized
+                continue
+            try:
+                layer.load_state_dict(source[(spec.kind, min(spec.scale, same_kind[-1]))].state_dict())
+            except RuntimeError as err:
+                raise ValueError(f"block layers differ (couplings, hidden widths or s_max): {err}") from None
+        if self.elementwise is not None:
+            self.elementwise.load_state_dict(smaller.elementwise.state_dict())
+        if self.linear is not None:
+            a = smaller.linear.log_eigenvalues()
+            index = [torch.arange(n) * L_small // n for n in self.lattice.shape]
+            self.linear.raw.copy_(a[torch.meshgrid(*index, indexing="ij")])
+
     def latent_scale(self) -> np.ndarray:
         """Integer array of the lattice's shape: the scale at which each site's variable became a
         latent (for ``tebd`` all 0; for the top block of ``mera``/``tree``, ``log2 L - 1``)."""

@@ -117,6 +117,9 @@ class FlowTrainConfig:
     hmc_leapfrog: int = 5
     #: Log reverse ESS, tail index and the flow's structure factor every this many steps (0: off).
     diagnostics_every: int = 0
+    #: Run directory of a trained flow on an ``L/2`` (or ``L``) lattice to start from
+    #: (:meth:`~deeprg.flows.hierarchy.Hierarchy.initialize_from`); None: random initialization.
+    init_from: str | None = None
 
     #: Keys a resumed run may change; the others define the run.
     RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "threads", "device", "eval_samples", "checkpoint_seconds",
@@ -232,6 +235,8 @@ class Trainer(TrainerBase):
         torch.manual_seed(cfg.seed)  # parameter initialization
         self.target = (build_target(cfg) if target is None else target).to(self.device)
         self.flow = build_flow(cfg).to(device=self.device, dtype=dtype)
+        if cfg.init_from is not None:
+            self._initialize_from(cfg.init_from)
         self.exact_ln_z = self.target.exact_ln_z
         self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=cfg.lr)
         ratio = cfg.lr_final / cfg.lr
@@ -245,6 +250,13 @@ class Trainer(TrainerBase):
         self.pi_source = None if cfg.objective == "reverse" else self._pi_source()
         self._diagnostic_generator: torch.Generator | None = None
         self._reference_structure_factor: tuple[float, float] | None = None
+
+    def _initialize_from(self, run_dir: str) -> None:
+        smaller = load_run(run_dir, device="cpu", threads=self.cfg.threads)
+        try:
+            self.flow.hierarchy.initialize_from(smaller.flow.hierarchy)
+        except ValueError as err:
+            raise ConfigError(f"init_from: {err}") from None
 
     def _pi_source(self):
         cfg = self.cfg
