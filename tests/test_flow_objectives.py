@@ -20,9 +20,9 @@ def small(**kw):
     return FlowTrainConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("objective", ["forward", "mixture"])
-def test_hmc_source_resumes_exactly(tmp_path, objective):
-    cfg = small(objective=objective, pi_source="hmc")
+@pytest.mark.parametrize("objective, source", [("forward", "hmc"), ("mixture", "hmc"), ("mixture", "reference")])
+def test_training_with_samples_of_pi_resumes_exactly(tmp_path, objective, source):
+    cfg = small(objective=objective, pi_source=source, pi_pool=40)
     straight = Trainer(cfg)
     straight.train()
     first = Trainer(cfg)
@@ -51,12 +51,11 @@ def test_forward_kl_on_exact_samples_recovers_a_gaussian_covariance():
     trained by the forward KL alone on exact samples, its covariance matches the target's."""
     lattice = Lattice.square(4)
     target = GaussianTarget.lattice_correlated(lattice, c=0.8)
-    cfg = small(objective="forward", pi_source="hmc", steps=400, batch=256, elementwise=False,
-                symmetrize=False, lr=1e-2, n_couplings=1, hidden=[4])
+    cfg = small(objective="forward", pi_source="reference", steps=400, batch=256, elementwise=False,
+                symmetrize=False, lr=1e-2, n_couplings=1, hidden=[4], pi_pool=4096)
     trainer = Trainer(cfg, target=target)
+    assert isinstance(trainer.pi_source, ReferenceSource)
     gen = torch.Generator().manual_seed(5)
-    trainer.pi_source = ReferenceSource(lambda n, seed: target.sample(n, torch.Generator().manual_seed(seed)),
-                                        seed=1, pool=4096)
     trainer.train()
     with torch.no_grad():
         x = trainer.flow.sample(20000, gen).double().reshape(20000, -1)
@@ -89,3 +88,16 @@ def test_diagnostics_do_not_change_the_training_numbers():
 def test_bad_objective_settings_are_refused(key, value):
     with pytest.raises(ConfigError, match=key):
         small(**{key: value})
+
+
+def test_a_target_without_a_reference_sampler_asks_for_latent_hmc():
+    class Plain(torch.nn.Module):
+        event_shape, exact_ln_z = (4, 4), None
+
+        def log_prob_unnormalized(self, x):
+            return -0.5 * x.reshape(len(x), -1).pow(2).sum(1)
+
+    with pytest.raises(ConfigError, match="pi_source = 'hmc'"):
+        Trainer(small(objective="forward"), target=Plain())
+    assert isinstance(Trainer(small(objective="forward", pi_source="hmc"), target=Plain()).pi_source,
+                      LatentHMCSource)

@@ -19,7 +19,13 @@ from scipy.special import logsumexp
 from deeprg import Lattice
 from deeprg.models.enumeration import all_configurations
 from deeprg.models.ising import K_C
-from deeprg.models.relaxed import GaussianTarget, RelaxedIsing, Target, log_cosh
+from deeprg.models.relaxed import (
+    GaussianTarget,
+    RelaxedIsing,
+    Target,
+    log_cosh,
+    reference_sampler,
+)
 
 torch.set_num_threads(1)
 
@@ -271,3 +277,106 @@ def test_gaussian_bad_inputs():
         GaussianTarget.lattice_correlated(Lattice((4, 4)), c=-0.1)
     with pytest.raises(ValueError, match="mass"):
         GaussianTarget.lattice_correlated(Lattice((4, 4)), mass=0.0)
+
+
+# ---- exact reference samples ------------------------------------------------------------------
+def hotelling_chi2(values, expected, tau):
+    """``d^T Cov(mean)^-1 d`` of the sample means of ``values`` ``(n, k)`` against ``expected``
+    ``(k,)``, the covariance of the means inflated by ``2 tau``; chi-square with k dof."""
+    n = len(values)
+    d = values.mean(axis=0) - expected
+    cov = np.atleast_2d(np.cov(values, rowvar=False)) * 2.0 * tau / n
+    return float(d @ np.linalg.solve(cov, d)), len(d)
+
+
+def exact_field_moments(lattice, K, alpha):
+    """``Cov x = A + A <s s^T> A`` with ``<s s^T>`` by enumeration, ``A = K + alpha I``."""
+    from deeprg.models.enumeration import Enumeration
+
+    e = Enumeration(lattice, K)
+    s = e.configurations.reshape(len(e.probabilities), -1).astype(np.float64)
+    ss = (s.T * e.probabilities) @ s
+    a = lattice.coupling_matrix(K) + alpha * np.eye(lattice.n_sites)
+    return a + a @ ss @ a, a
+
+
+@pytest.mark.parametrize("shape, K, n_chains, seed", [((3, 3), K_C, 1, 11), ((4, 4), K_C, 4, 12),
+                                                      ((4, 4), 0.3, 1, 13)])
+def test_reference_samples_have_the_exact_moments(shape, K, n_chains, seed):
+    lat = Lattice(shape)
+    target = RelaxedIsing(lat, K)
+    n = 40_000
+    x, info = target.sample_reference(n, seed, n_chains=n_chains)
+    assert x.shape == (n,) + shape and x.dtype == torch.float64
+    assert info["n_chains"] == n_chains and info["sampler"] == "wolff" and info["thin"] >= 1
+    assert 0.4 < info["tau_int"] < 0.6  # thinned to nearly independent samples
+    cov, a = exact_field_moments(lat, K, target.alpha)
+    flat = x.reshape(n, -1).numpy()
+    # E[x] = 0
+    chi2, dof = hotelling_chi2(flat, np.zeros(lat.n_sites), info["tau_int"])
+    assert stats.chi2.sf(chi2, dof) > 1e-3
+    # E[x_i x_j] = (A + A <s s^T> A)_ij over i <= j
+    iu = np.triu_indices(lat.n_sites)
+    products = flat[:, iu[0]] * flat[:, iu[1]]
+    chi2, dof = hotelling_chi2(products, cov[iu], info["tau_int"])
+    assert stats.chi2.sf(chi2, dof) > 1e-3
+    # the test has power: leaving out the noise covariance A is rejected
+    wrong, _ = hotelling_chi2(products, (cov - a)[iu], info["tau_int"])
+    assert stats.chi2.sf(wrong, dof) < 1e-12
+
+
+def test_reference_sampler_records_the_autocorrelation():
+    target = RelaxedIsing(Lattice((4, 4)), K_C)
+    _, info = target.sample_reference(4000, 5, sampler="metropolis", n_chains=2, thin=1, burn_in=200)
+    assert info["thin"] == 1 and info["burn_in"] == 200 and info["pilot_tau_int"] is None
+    assert info["tau_int"] > 1.2  # one Metropolis sweep apart: strongly correlated, and recorded
+    assert info["tau_int"] == max(info["tau_int_energy"], info["tau_int_abs_magnetization"])
+    _, auto = target.sample_reference(4000, 5, sampler="metropolis", n_chains=2)
+    assert auto["thin"] >= 4 * auto["pilot_tau_int"] and auto["tau_int"] < 0.65
+    assert auto["seconds"] > 0
+    # one sample per chain: independent by construction
+    few, info = target.sample_reference(3, 5, n_chains=4)
+    assert few.shape == (3, 4, 4) and info["tau_int"] == 0.5
+
+
+def test_reference_samples_are_reproducible():
+    target = RelaxedIsing(Lattice((4, 4)), K_C)
+    x, _ = target.sample_reference(50, 3, n_chains=2)
+    y, _ = target.sample_reference(50, 3, n_chains=2)
+    z, _ = target.sample_reference(50, 4, n_chains=2)
+    assert torch.equal(x, y) and not torch.equal(x, z)
+
+
+def test_reference_sampler_protocol():
+    target = RelaxedIsing(Lattice((4, 4)), K_C)
+    sample = reference_sampler(target)
+    x = sample(64, 2)
+    assert x.shape == (64, 4, 4) and x.dtype == torch.float64
+    assert torch.equal(x, target.sample_reference(64, 2)[0])
+    gauss = GaussianTarget.lattice_correlated(Lattice((2, 2)), c=1.0)
+    g, info = gauss.sample_reference(20_000, 9)
+    assert g.shape == (20_000, 2, 2) and info["tau_int"] == 0.5 and info["n_chains"] == 1
+    np.testing.assert_allclose(np.cov(g.reshape(-1, 4).numpy(), rowvar=False), gauss.covariance.numpy(), atol=0.03)
+    assert torch.equal(reference_sampler(gauss, required=True)(100, 9), g[:100])
+
+    class NoSampler:
+        event_shape = (2,)
+        exact_ln_z = None
+
+        def log_prob_unnormalized(self, x):
+            return -0.5 * (x**2).sum(-1)
+
+    assert reference_sampler(NoSampler()) is None
+    with pytest.raises(ValueError, match="NoSampler has no exact reference sampler.*latent HMC"):
+        reference_sampler(NoSampler(), required=True)
+
+
+def test_reference_sampler_bad_inputs():
+    target = RelaxedIsing(Lattice((4, 4)), K_C)
+    for kwargs, match in [({"n": 0}, "n must"), ({"n": 2.5}, "n must"), ({"n_chains": 0}, "n_chains"),
+                          ({"sampler": "heatbath"}, "sampler"), ({"thin": 0}, "thin"), ({"thin": "fast"}, "thin")]:
+        args = {"n": 10, "seed": 0} | kwargs
+        with pytest.raises(ValueError, match=match):
+            target.sample_reference(**args)
+    with pytest.raises(ValueError, match="n must"):
+        GaussianTarget((2,), precision=np.eye(2)).sample_reference(0, 1)

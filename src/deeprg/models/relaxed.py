@@ -25,6 +25,24 @@ lower bound of a flow's variational free energy ``F = -ln Z``.
   marginal of ``s`` under ``pi(s|x) pi(x)`` is the Boltzmann distribution ``exp(s^T K s / 2)``.
 * :class:`GaussianTarget` - a correlated Gaussian ``-x^T P x / 2`` (exactly solvable test target).
 
+**Reference samplers (optional part of the protocol).** A target may also offer exact samples of
+its normalized density through ``sample_reference(n, seed) -> (x, info)``: ``x`` of shape
+``(n, *event_shape)`` float64, ``info`` a dict with at least ``tau_int`` (integrated
+autocorrelation time of the samples in their order, 1/2 for independent ones), ``n_chains`` (the
+samples are ordered step-major: ``x.reshape(n // n_chains, n_chains, *event_shape)`` is
+``(steps, chains)``) and ``seconds``. :func:`reference_sampler` says whether a target has one.
+:class:`RelaxedIsing` draws them from the mixture form of Eq. 7: completing the square in
+``-x^T A^{-1} x / 2 + s.x`` gives ``-(x - A s)^T A^{-1} (x - A s) / 2 + s^T A s / 2`` with
+``s^T A s = s^T K s + alpha N``, so::
+
+    pi(x) = 2^{-N} sum_s exp(-x^T A^{-1} x / 2 + s.x)
+          = 2^{-N} e^{alpha N / 2} (2 pi)^{N/2} det(A)^{1/2} sum_s N(x; A s, A) exp(s^T K s / 2),
+
+a mixture over Ising configurations ``s`` with Boltzmann weights of Gaussians of mean ``A s`` and
+covariance ``A``: draw ``s`` from a cluster Monte Carlo sampler, then ``x = A s + chol(A) eps``
+with ``eps ~ N(0, I)``. Hence ``E[x] = 0`` and ``Cov x = A + A <s s^T> A``.
+:class:`GaussianTarget` offers its exact :meth:`GaussianTarget.sample`.
+
 Matrices are held as float64 buffers (so ``module.to(device)`` moves them) and cast to the dtype of
 ``x`` on use; they are dense ``N x N``, which suits lattices up to a few thousand sites.
 """
@@ -32,6 +50,9 @@ Matrices are held as float64 buffers (so ``module.to(device)`` moves them) and c
 from __future__ import annotations
 
 import math
+import time
+import warnings
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -39,10 +60,18 @@ import torch
 from torch import Tensor
 
 from deeprg.lattice import Lattice
+from deeprg.mc.samplers import SAMPLERS, make_sampler
+from deeprg.mc.stats import integrated_autocorr_time
 from deeprg.models.exact import exact_solution
 from deeprg.models.ising import parse_coupling
 
-__all__ = ["GaussianTarget", "RelaxedIsing", "Target", "log_cosh"]
+__all__ = ["AUTO_THIN_IN_TAU", "GaussianTarget", "RelaxedIsing", "Target", "log_cosh", "reference_sampler"]
+
+#: ``thin="auto"`` of :meth:`RelaxedIsing.sample_reference` keeps one configuration every
+#: ``ceil(AUTO_THIN_IN_TAU * tau)`` updates, ``tau`` the pilot's autocorrelation time of the energy:
+#: for exponential decay the saved samples are then correlated by ``exp(-4) = 0.018`` (``tau_int``
+#: about 0.52 samples).
+AUTO_THIN_IN_TAU = 4.0
 
 _LN2 = math.log(2.0)
 
@@ -202,8 +231,96 @@ class RelaxedIsing(torch.nn.Module):
         up = u < self.spin_probability(x)
         return torch.where(up, 1, -1).to(torch.int8)
 
+    @torch.no_grad()
+    def sample_reference(self, n: int, seed: int, *, sampler: str = "wolff", n_chains: int = 1,
+                         thin: int | str = "auto", burn_in: int | None = None) -> tuple[Tensor, dict]:
+        """Exact samples of the normalized ``pi(x)``: Ising configurations ``s`` from a cluster
+        Monte Carlo sampler, then ``x = A s + chol(A) eps``, ``A = K + alpha I``, ``eps ~ N(0, I)``
+        (the mixture form of Eq. 7 in the module docstring).
+
+        Parameters
+        ----------
+        n:
+            Number of fields, >= 1.
+        seed:
+            Integer >= 0. Chain ``c`` uses ``SeedSequence(seed).spawn(n_chains)[c]`` (the samplers'
+            convention); the noise ``eps`` uses child ``n_chains`` of the same spawn.
+        sampler:
+            One of :data:`deeprg.mc.SAMPLERS` (``"wolff"``, ``"sw"``, ``"metropolis"``).
+        n_chains:
+            Independent Markov chains; each saves ``ceil(n / n_chains)`` configurations (the last
+            step is cut to ``n`` samples).
+        thin:
+            Updates between saved configurations (int >= 1), or ``"auto"``: after the default
+            burn-in (with its pilot, see :meth:`deeprg.mc.Sampler.stream`) keep one every
+            ``ceil(AUTO_THIN_IN_TAU * tau)`` updates, ``tau`` the pilot's integrated
+            autocorrelation time of the energy in updates.
+        burn_in:
+            Updates per chain discarded first (``None``: the sampler's default).
+
+        Returns
+        -------
+        ``(x, info)``: ``x`` ``(n, *event_shape)`` float64 on the buffers' device, ordered
+        step-major, ``x[t * n_chains + c]`` being sample ``t`` of chain ``c`` (so
+        ``x.reshape(-1, n_chains, *event_shape)`` is ``(steps, chains)`` when ``n_chains`` divides
+        ``n``). ``info``: ``sampler``, ``n_chains``, ``thin`` (updates), ``burn_in`` (updates),
+        ``pilot_tau_int`` (updates; ``None`` for an explicit ``thin``), ``tau_int`` (integrated
+        autocorrelation time of the saved configurations in units of saved samples, the larger of
+        those of the energy and of ``|M|``, pooled over chains, rough for chains shorter than
+        ``50 tau_int``; 1/2 with one sample per chain) to be used for error bars (``x`` is no more
+        correlated than ``s``), ``tau_int_energy``,
+        ``tau_int_abs_magnetization`` and ``seconds`` (wall time).
+        """
+        t0 = time.perf_counter()
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        if isinstance(n_chains, bool) or not isinstance(n_chains, (int, np.integer)) or n_chains < 1:
+            raise ValueError(f"n_chains must be an integer >= 1, got {n_chains!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if not (thin == "auto" or (isinstance(thin, (int, np.integer)) and not isinstance(thin, bool)
+                                   and thin >= 1)):
+            raise ValueError(f"thin must be an integer >= 1 or 'auto', got {thin!r}")
+        n, n_chains = int(n), int(n_chains)
+        steps = -(-n // n_chains)
+        chains = make_sampler(sampler, self._lattice, self._K, seed=seed, n_chains=n_chains)
+        pilot_tau = None
+        if thin == "auto":
+            pilot = chains.run(n_chains, thin="auto", burn_in=burn_in, keep_spins=False)
+            pilot_tau = pilot.pilot_tau_int
+            thin = max(1, math.ceil(AUTO_THIN_IN_TAU * pilot_tau))
+            burn_in = pilot.burn_in
+            run = chains.run(steps * n_chains, thin=thin, burn_in=0)
+        else:
+            run = chains.run(steps * n_chains, thin=int(thin), burn_in=burn_in)
+            burn_in = run.burn_in
+        tau_e = _saved_tau(run.series["energy"])
+        tau_m = _saved_tau(np.abs(run.series["magnetization"]))
+        # (chains, steps, N) -> step-major (steps * chains, N), cut to n
+        spins = np.swapaxes(run.spins.reshape(n_chains, steps, -1), 0, 1).reshape(steps * n_chains, -1)[:n]
+        a = self._lattice.coupling_matrix(self._K) + self._alpha * np.eye(self.n_sites)
+        noise_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(n_chains + 1)[-1])
+        eps = noise_rng.standard_normal((n, self.n_sites))
+        x = spins.astype(np.float64) @ a + eps @ np.linalg.cholesky(a).T
+        info = {"sampler": sampler, "n_chains": n_chains, "thin": int(thin), "burn_in": int(burn_in),
+                "pilot_tau_int": pilot_tau, "tau_int": max(tau_e, tau_m), "tau_int_energy": tau_e,
+                "tau_int_abs_magnetization": tau_m, "seconds": time.perf_counter() - t0}
+        x = torch.from_numpy(x.reshape((n,) + self.event_shape)).to(self.precision.device)
+        return x, info
+
     def extra_repr(self) -> str:
         return f"lattice={self._lattice}, K={self._K:.6g}, alpha={self._alpha:.6g}"
+
+
+def _saved_tau(series: np.ndarray) -> float:
+    """``tau_int`` (in saved samples) of a ``(chains, steps)`` series, 1/2 with one step (chains
+    are independent). The warnings of :func:`~deeprg.mc.stats.integrated_autocorr_time` are
+    silenced: the value is a report, rough for chains shorter than ``50 tau_int``."""
+    if series.shape[1] < 2:
+        return 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return integrated_autocorr_time(series)
 
 
 def _ising_ln_z(lattice: Lattice, K: float) -> float | None:
@@ -293,6 +410,35 @@ class GaussianTarget(torch.nn.Module):
         scale = self._scale.to(dtype)
         z = torch.randn((int(n), self.n_sites), generator=generator, dtype=dtype, device=scale.device)
         return (z @ scale.T).reshape((int(n),) + self.event_shape)
+
+    def sample_reference(self, n: int, seed: int) -> tuple[Tensor, dict]:
+        """The reference-sampler protocol (module docstring): ``n`` independent exact samples
+        ``(n, *event_shape)`` float64 from :meth:`sample` with a generator seeded by ``seed``;
+        ``info = {"n_chains": 1, "tau_int": 0.5, "seconds": ...}``."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        t0 = time.perf_counter()
+        generator = torch.Generator(device=self._scale.device).manual_seed(int(seed))
+        x = self.sample(int(n), generator)
+        return x, {"n_chains": 1, "tau_int": 0.5, "seconds": time.perf_counter() - t0}
+
+
+def reference_sampler(target, *, required: bool = False) -> Callable[[int, int], Tensor] | None:
+    """The target's exact sampler as ``sample(n, seed) -> x`` ``(n, *event_shape)`` float64 (the
+    ``x`` of ``target.sample_reference(n, seed)``; see the module docstring), or ``None`` when the
+    target has no ``sample_reference`` method. With ``required=True`` a target without one raises
+    a ``ValueError`` that says to sample ``pi`` by latent HMC instead
+    (:func:`deeprg.flows.sampling.hmc_in_space` or :func:`deeprg.flows.estimators.latent_log_prob`
+    with :func:`deeprg.mc.hmc.hmc`), which is exact for any target."""
+    method = getattr(target, "sample_reference", None)
+    if callable(method):
+        return lambda n, seed: method(n, seed)[0]
+    if required:
+        raise ValueError(
+            f"the target {type(target).__name__} has no exact reference sampler (no sample_reference "
+            "method); sample pi by latent HMC instead (deeprg.flows.sampling.hmc_in_space, or "
+            "deeprg.mc.hmc.hmc on deeprg.flows.estimators.latent_log_prob), which is exact for any target")
+    return None
 
 
 def _as_numpy(m) -> np.ndarray:
