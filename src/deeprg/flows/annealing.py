@@ -45,7 +45,7 @@ from deeprg.flows.estimators import ImportanceEstimate, weighted_estimate
 from deeprg.flows.flow import Flow, random_global_sign
 from deeprg.mc.hmc import kinetic, leapfrog, log_prob_and_grad, metropolis_accept
 
-__all__ = ["AnnealedEstimate", "annealed_importance_sampling", "ladder"]
+__all__ = ["AnnealedEstimate", "annealed_importance_sampling", "ladder", "latent_log_weight"]
 
 #: Step size of the pilot run's first transition.
 INITIAL_STEP_SIZE = 0.5
@@ -80,6 +80,18 @@ class _Path:
 
     def at(self, z: Tensor, v: Tensor, grad_v: Tensor) -> tuple[Tensor, Tensor]:
         return -0.5 * z.reshape(z.shape[0], -1).pow(2).sum(1) + self.b * v, -z + self.b * grad_v
+
+
+def latent_log_weight(flow: Flow, target) -> Callable[[Tensor], Tensor]:
+    """``z -> v(z) = ln pi(g(z)) - ln q(g(z))``, the log importance weight of latent fields
+    ``(batch, *event_shape)`` -> ``(batch,)``, differentiable in ``z``; ``q`` is the symmetrized
+    density for a symmetrized flow. ``p(z) e^{v(z)}`` integrates to ``Z`` (module docstring)."""
+
+    def log_weight(z: Tensor) -> Tensor:
+        x, log_q = flow.generate_with_log_prob(z)
+        return target.log_prob_unnormalized(x) - log_q
+
+    return log_weight
 
 
 def ladder(n_temperatures: int, power: float = 3.0) -> list[float]:
@@ -165,11 +177,7 @@ def annealed_importance_sampling(
         raise ValueError(f"power must be >= 1, got {power}")
     observables = dict(observables or {})
 
-    def log_weight(z: Tensor) -> Tensor:
-        x, log_q = flow.generate_with_log_prob(z)
-        return target.log_prob_unnormalized(x) - log_q
-
-    path, bs, step_sizes = _Path(log_weight), ladder(n_temperatures, power), None
+    path, bs, step_sizes = _Path(latent_log_weight(flow, target)), ladder(n_temperatures, power), None
     done, total = 0, (-(-n_samples // batch) + 1) * (n_temperatures - 1)  # batches and pilot
 
     def on_transition() -> None:
