@@ -33,7 +33,7 @@ def test_estimate_reports_ln_z_with_error_and_ess(cli, run_dir):
     assert s["exact_ln_z"] == pytest.approx(37.377, abs=1e-3)
     # the bound: -F_q <= ln Z, and the importance estimate is unbiased (loose: few samples)
     assert -s["variational_free_energy"]["mean"] <= s["exact_ln_z"] + 4 * s["variational_free_energy"]["error"]
-    assert s["method"] == "importance" and 0 < s["structure_factor"]["mean"] < 1
+    assert s["method"] == "is" and 0 < s["structure_factor"]["mean"] < 1
     assert -2 < s["energy_per_site"]["mean"] < 0 and s["energy_per_site"]["error"] > 0
 
 
@@ -42,7 +42,7 @@ def test_estimate_with_annealing_reports_acceptance_and_reweighted_observables(c
                          "--json", "--quiet")
     assert status == 0
     s = json.loads(out)
-    assert s["method"] == "annealed" and s["temperatures"] == 4 and s["samples"] == 64
+    assert s["method"] == "ais" and s["temperatures"] == 4 and s["samples"] == 64
     assert 0 < s["acceptance"] <= 1 and s["ln_z"]["error"] > 0
     assert set(s["structure_factor"]) == {"mean", "error"}
 

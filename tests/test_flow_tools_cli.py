@@ -280,3 +280,41 @@ def test_analyze_on_a_chain_writes_what_it_announces(cli, tmp_path):
     assert announced and all(os.path.exists(path) for path in announced)
     assert {os.path.basename(p) for p in announced} == {"response_maps.png", "mutual_information.png",
                                                         "latent_energy.png"}
+
+
+@pytest.mark.parametrize("method, extra", [("is", []), ("ais", ["--anneal", "3"]), ("smc", ["--replicas", "4"]),
+                                           ("bridge", []), ("bridge", ["--pi-source", "hmc"])])
+def test_estimate_methods_report_value_error_diagnostics_and_a_verdict(cli, run, method, extra):
+    status, out, err = cli("flow", "estimate", run, "--method", method, "--samples", "256", "--quiet",
+                           "--json", *extra)
+    assert status == 0, err
+    summary = json.loads(out)
+    assert summary["method"] == method and isinstance(summary["trusted"], bool) and summary["verdict"]
+    assert summary["ln_z"]["error"] > 0 and summary["cpu_seconds"] > 0
+    # the module's flow is barely trained: a number far from the exact one must not be trusted
+    assert abs(summary["deviation_sigma"]) < 5 or not summary["trusted"], summary["verdict"]
+    if method == "bridge":
+        assert {"forward_ess_fraction", "reverse_ess_fraction", "forward_pareto_k", "pi_source"} <= set(summary)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--method", "smc", "--anneal", "5"], "--anneal"),
+    (["--method", "is", "--pi-source", "hmc"], "--pi-source"),
+    (["--method", "bridge", "--samples", "50"], "--samples"),
+])
+def test_estimate_options_that_do_not_fit_the_method_exit_2(cli, run, argv, needle):
+    status, out, err = cli("flow", "estimate", run, *argv, "--quiet")
+    assert status == 2 and err.startswith("deeprg: error:") and needle in err and not out
+
+
+def test_a_verdict_names_the_diagnostic_that_failed():
+    from deeprg.flows.trust import verdict
+
+    assert verdict("is", {"ess": 1000, "pareto_k": 0.2, "ln_z_error": 0.1}) == (True, "no diagnostic failed")
+    ok, line = verdict("is", {"ess": 50, "pareto_k": 0.9, "ln_z_error": 0.1})
+    assert not ok and "Pareto k = 0.90" in line and "only 50 effective samples" in line
+    ok, line = verdict("bridge", {"forward_ess": 20, "reverse_ess": 5000, "ln_z_error": 0.1})
+    assert not ok and "forward direction" in line
+    ok, line = verdict("smc", {"replicas": 2, "acceptance": 0.1, "ln_z_error": 0.1})
+    assert not ok and "replicas" in line and "barely mix" in line
+    assert not verdict("ais", {"ess": 1000, "pareto_k": 0.1, "ln_z_error": float("nan")})[0]

@@ -24,7 +24,7 @@ from deeprg.flows.estimators import ising_observables, latent_log_prob
 from deeprg.flows.flow import Flow
 from deeprg.mc.hmc import HMCResult, hmc
 
-__all__ = ["SPACES", "STARTS", "hmc_in_space", "starting_fields"]
+__all__ = ["SPACES", "STARTS", "hmc_in_space", "latent_hmc_fields", "starting_fields"]
 
 SPACES = ("latent", "physical")
 STARTS = ("flow", "noise")
@@ -80,3 +80,29 @@ def hmc_in_space(
     observables = {name: (lambda v, fn=fn: fn(to_field(v))) for name, fn in base.items()}
     return hmc(log_prob, start, n_steps, step_size=step_size, n_leapfrog=n_leapfrog, warmup=warmup,
                observables=observables, generator=generator, callback=callback)
+
+
+def latent_hmc_fields(flow: Flow, target, steps: int, chains: int, *, thin: int = 5, warmup: int = 100,
+                      n_leapfrog: int = 10, step_size: float = 0.1, generator: torch.Generator | None = None,
+                      callback: Callable[[int, int], None] | None = None) -> Tensor:
+    """Exact samples of ``pi`` by HMC in the flow's latent space (Eq. 6): ``chains`` chains started
+    from flow samples, ``warmup`` steps of step-size adaptation, then ``steps`` saved fields
+    ``x = g(z)`` every ``thin`` HMC steps. Returns float64 fields ``(steps, chains, *event_shape)``
+    (the layout the autocorrelation-aware estimators expect); ``callback(done, steps)`` after each
+    saved step."""
+    if min(steps, chains, thin) < 1 or warmup < 0:
+        raise ValueError(f"steps, chains and thin must be >= 1 and warmup >= 0, got {steps}, {chains}, {thin}, "
+                         f"{warmup}")
+    log_prob = latent_log_prob(flow, target)
+    with torch.no_grad():
+        z = flow.hierarchy.renormalize(flow.sample(chains, generator))[0]
+    result = hmc(log_prob, z, 1, step_size=step_size, n_leapfrog=n_leapfrog, warmup=warmup, generator=generator)
+    fields = []
+    for step in range(steps):
+        result = hmc(log_prob, result.x, thin, step_size=result.step_size, n_leapfrog=n_leapfrog,
+                     generator=generator)
+        with torch.no_grad():
+            fields.append(flow.hierarchy.generate(result.x)[0].double())
+        if callback is not None:
+            callback(step + 1, steps)
+    return torch.stack(fields)

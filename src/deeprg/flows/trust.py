@@ -1,0 +1,72 @@
+"""Whether to trust an estimate of ``ln Z``: one verdict per estimator, naming the diagnostic that
+failed.
+
+Every estimator of ``deeprg flow estimate`` reports its diagnostics; :func:`verdict` turns them
+into one line. The thresholds are conventional, not proofs: a passed check does not make a
+number right (annealed importance sampling at 16x16 was 3.4 sigma off with healthy-looking
+weights, ``benchmarks/results/hmc.md``), but a failed one makes it untrustworthy.
+
+* **Tail index** ``k`` of the importance weights (Vehtari et al., "Pareto smoothed importance
+  sampling", JMLR 25 (2024)): above 0.7 the variance of the weights is effectively infinite and
+  the error bar means nothing.
+* **Effective sample size**: fewer than :data:`MIN_ESS` effective samples make the delta-method and
+  jackknife errors unreliable.
+* **Bridge sampling**: the overlap of ``q`` and ``pi`` is measured from both sides; fewer than
+  :data:`MIN_ESS` effective samples in either direction mean the two samples barely meet.
+* **Sequential Monte Carlo**: the error comes from independent replicas; fewer than
+  :data:`MIN_REPLICAS` make it unreliable, and an HMC acceptance below :data:`MIN_ACCEPTANCE`
+  means the moves barely mix at some temperature.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["MAX_PARETO_K", "MIN_ACCEPTANCE", "MIN_ESS", "MIN_REPLICAS", "verdict"]
+
+#: Largest trusted Pareto tail index of importance weights.
+MAX_PARETO_K = 0.7
+#: Fewest effective samples for a trusted error bar.
+MIN_ESS = 200
+#: Fewest independent replicas for an SMC error bar.
+MIN_REPLICAS = 4
+#: Lowest trusted mean HMC acceptance.
+MIN_ACCEPTANCE = 0.2
+
+
+def _bad(value: float | None) -> bool:
+    return value is None or not math.isfinite(value)
+
+
+def verdict(method: str, diagnostics: dict) -> tuple[bool, str]:
+    """``(trusted, one line)`` for the estimate of ``method`` (``is``, ``ais``, ``smc``, ``bridge``)
+    with ``diagnostics``: ``ess`` (effective samples, reverse direction) and ``pareto_k`` for
+    ``is``/``ais``; ``forward_ess``, ``reverse_ess`` (effective samples) for ``bridge``;
+    ``replicas``, ``acceptance`` for ``smc``; ``ln_z_error`` for all."""
+    if _bad(diagnostics.get("ln_z_error")):
+        return False, "do not trust: the estimate or its error is not finite"
+    problems = []
+    if method in ("is", "ais"):
+        k, ess = diagnostics.get("pareto_k"), diagnostics.get("ess")
+        if not _bad(k) and k > MAX_PARETO_K:
+            problems.append(f"heavy-tailed weights (Pareto k = {k:.2f} > {MAX_PARETO_K})")
+        if _bad(ess) or ess < MIN_ESS:
+            problems.append(f"only {ess:.0f} effective samples (< {MIN_ESS})")
+    elif method == "bridge":
+        for side in ("forward", "reverse"):
+            ess = diagnostics.get(f"{side}_ess")
+            if _bad(ess) or ess < MIN_ESS:
+                problems.append(f"q and pi barely overlap: {ess:.0f} effective samples in the {side} direction "
+                                f"(< {MIN_ESS})")
+    elif method == "smc":
+        replicas, acceptance = diagnostics.get("replicas", 0), diagnostics.get("acceptance")
+        if replicas < MIN_REPLICAS:
+            problems.append(f"only {replicas} replicas for the error bar (< {MIN_REPLICAS})")
+        if not _bad(acceptance) and acceptance < MIN_ACCEPTANCE:
+            problems.append(f"HMC moves barely mix (acceptance {acceptance:.2f} < {MIN_ACCEPTANCE})")
+    else:
+        raise ValueError(f"method must be one of is, ais, smc, bridge; got {method!r}")
+    if problems:
+        return False, "do not trust: " + "; ".join(problems)
+    note = " (light tails are not convergence: double the temperatures and compare)" if method == "ais" else ""
+    return True, "no diagnostic failed" + note
