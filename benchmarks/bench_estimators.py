@@ -93,7 +93,7 @@ def run(args) -> None:
                                         {**diagnostics, "ln_z_error": ln_z.error})
                 row = {"method": method, "seed": seed, "ln_z": ln_z.mean, "error": ln_z.error,
                        "deviation_sigma": (ln_z.mean - exact) / ln_z.error if ln_z.error > 0 else None,
-                       "trusted": trusted, "verdict": line, **details}
+                       "trusted": trusted, "verdict": line, "diagnostics": diagnostics, **details}
             row.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
             print(json.dumps(row), flush=True)
             data["rows"].append(row)
