@@ -63,19 +63,22 @@ def estimate(method: str, trainer, seed: int, args) -> tuple:
             "flow_samples": est.n1, "pi_samples": est.n2, "pi_effective": est.n2_eff,
             "forward_ess_fraction": est.forward_ess, "reverse_ess_fraction": est.reverse_ess,
             "forward_pareto_k": est.forward_pareto_k, "reverse_pareto_k": est.reverse_pareto_k}
+    moves = {"n_moves": args.moves, "n_leapfrog": args.leapfrog}
     if method == "smc":
-        est = smc_from_flow(flow, target, args.particles, args.replicas, seed=seed)
+        est = smc_from_flow(flow, target, args.particles, args.replicas, seed=seed, **moves)
     else:
-        est = smc_from_gaussian(target, 1.0, args.particles, args.replicas, seed=seed)
+        est = smc_from_gaussian(target, 1.0, args.particles, args.replicas, seed=seed, **moves)
     return est.ln_z, {"replicas": args.replicas, "acceptance": est.acceptance}, {
-        "particles": args.particles, "replicas": args.replicas, "temperatures": list(est.n_temperatures),
+        "particles": args.particles, "replicas": args.replicas, "moves": args.moves, "leapfrog": args.leapfrog,
+        "temperatures": list(est.n_temperatures),
         "acceptance": est.acceptance}
 
 
 def run(args) -> None:
     trainer = load_run(args.run, threads=args.threads)
     exact = trainer.exact_ln_z
-    path = RESULTS / f"estimators_{'_'.join(args.methods)}.json"
+    tag = f"-{args.tag}" if args.tag else ""
+    path = RESULTS / f"estimators_{'_'.join(args.methods)}{tag}.json"
     data = json.loads(path.read_text()) if path.exists() else {"rows": []}
     data["machine"] = describe()
     data["run"] = {"path": str(args.run), "L": trainer.cfg.L, "K": trainer.cfg.beta, "steps": trainer.step_count,
@@ -87,11 +90,11 @@ def run(args) -> None:
             try:
                 ln_z, diagnostics, details = estimate(method, trainer, seed, args)
             except ValueError as err:  # e.g. an SMC ladder that cannot advance: a result too
-                row = {"method": method, "seed": seed, "failed": str(err)}
+                row = {"method": method + tag, "seed": seed, "failed": str(err)}
             else:
                 trusted, line = verdict(method.split("-")[0] if method != "smc-gaussian" else "smc",
                                         {**diagnostics, "ln_z_error": ln_z.error})
-                row = {"method": method, "seed": seed, "ln_z": ln_z.mean, "error": ln_z.error,
+                row = {"method": method + tag, "seed": seed, "ln_z": ln_z.mean, "error": ln_z.error,
                        "deviation_sigma": (ln_z.mean - exact) / ln_z.error if ln_z.error > 0 else None,
                        "trusted": trusted, "verdict": line, "diagnostics": diagnostics, **details}
             row.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
@@ -113,10 +116,8 @@ def report() -> None:
              f"{m['date']}. Commands: see `benchmarks/bench_estimators.py`.", "",
              "| method | seeds | within 2 sigma | median error | mean CPU s | trusted | values (deviation in sigma) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for method in METHODS:
+    for method in dict.fromkeys(x["method"] for x in data["rows"]):
         rows = [x for x in data["rows"] if x["method"] == method]
-        if not rows:
-            continue
         done = [x for x in rows if "ln_z" in x]
         within = sum(abs(x["deviation_sigma"]) <= 2 for x in done)
         values = ", ".join(f"{x['ln_z']:.4f}({x['deviation_sigma']:+.1f})" for x in done)
@@ -143,7 +144,10 @@ def main() -> None:
     parser.add_argument("--flow-samples", type=int, default=20_000)
     parser.add_argument("--particles", type=int, default=512)
     parser.add_argument("--replicas", type=int, default=8)
+    parser.add_argument("--moves", type=int, default=3, help="SMC: HMC moves per temperature")
+    parser.add_argument("--leapfrog", type=int, default=5, help="SMC: leapfrog steps per HMC move")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tag", help="suffix of the method names and the JSON file (e.g. the sample size)")
     parser.add_argument("--report", action="store_true", help="only write estimators.md from estimators.json")
     args = parser.parse_args()
     if args.report:

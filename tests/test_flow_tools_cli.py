@@ -314,9 +314,9 @@ def test_a_verdict_names_the_diagnostic_that_failed():
     ok, line = verdict("is", {"ess": 50, "pareto_k": 0.9, "ln_z_error": 0.1})
     assert not ok and "Pareto k = 0.90" in line and "only 50 effective samples" in line
     ok, line = verdict("bridge", {"forward_ess": 20, "reverse_ess": 5000, "ln_z_error": 0.1})
-    assert ok and "20 in the forward direction" in line
+    assert ok and "only 20 effective samples in the forward direction" in line
     ok, line = verdict("bridge", {"forward_ess": 20, "reverse_ess": 7, "ln_z_error": 0.1})
-    assert not ok and "barely overlap" in line and "7 in the reverse direction" in line
+    assert not ok and "barely overlap" in line and "7 effective samples in the reverse direction" in line
     ok, line = verdict("smc", {"replicas": 2, "acceptance": 0.1, "ln_z_error": 0.1})
     assert not ok and "replicas" in line and "barely mix" in line
     assert not verdict("ais", {"ess": 1000, "pareto_k": 0.1, "ln_z_error": float("nan")})[0]
