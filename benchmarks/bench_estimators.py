@@ -108,22 +108,34 @@ def report() -> None:
     data = {"machine": parts[0]["machine"], "run": parts[0]["run"], "rows": [x for p in parts for x in p["rows"]]}
     if any(p["run"] != data["run"] for p in parts):
         raise SystemExit("estimators_*.json files are of different runs; remove the stale ones")
+    for row in data["rows"]:  # verdicts by the current deeprg.flows.trust, from the recorded diagnostics
+        if "diagnostics" in row:
+            row["trusted"], row["verdict"] = verdict(row["method"].split("-")[0],
+                                                     {**row["diagnostics"], "ln_z_error": row["error"]})
     m, r = data["machine"], data["run"]
     lines = ["# ln Z estimators against the exact value", "",
              f"Flow: `{r['path']}`, {r['L']}x{r['L']} relaxed Ising at K = {r['K']:.10g}, {r['steps']} training steps, "
              f"relative error of the variational free energy in training {r['relative_error']:.2e}; exact ln Z "
              f"= {r['exact_ln_z']:.6f} (Kaufman). Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
              f"{m['date']}. Commands: see `benchmarks/bench_estimators.py`.", "",
-             "| method | seeds | within 2 sigma | median error | mean CPU s | trusted | values (deviation in sigma) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| method | settings | seeds | within 2 sigma | median error | mean CPU s | trusted | values (deviation in sigma) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for method in dict.fromkeys(x["method"] for x in data["rows"]):
         rows = [x for x in data["rows"] if x["method"] == method]
         done = [x for x in rows if "ln_z" in x]
         within = sum(abs(x["deviation_sigma"]) <= 2 for x in done)
         values = ", ".join(f"{x['ln_z']:.4f}({x['deviation_sigma']:+.1f})" for x in done)
         failed = len(rows) - len(done)
+        first = rows[0]
+        if "flow_samples" in first:
+            settings = f"{first['flow_samples']} flow + {first['pi_samples']} pi samples"
+        elif "particles" in first:
+            settings = (f"{first['particles']} particles x {first['replicas']} replicas, "
+                        f"{first.get('moves', 3)} moves x {first.get('leapfrog', 5)} leapfrog")
+        else:
+            settings = f"{first.get('samples', '?')} samples"
         lines.append(
-            f"| {method} | {len(rows)} | {within} of {len(done)}{f' ({failed} failed)' if failed else ''} | "
+            f"| {method} | {settings} | {len(rows)} | {within} of {len(done)}{f' ({failed} failed)' if failed else ''} | "
             f"{statistics.median(x['error'] for x in done) if done else float('nan'):.4f} | "
             f"{statistics.mean(x['cpu_seconds'] for x in rows):.0f} | "
             f"{sum(x.get('trusted', False) for x in done)} of {len(done)} | {values} |")
