@@ -130,21 +130,15 @@ def add_actions(actions: argparse._SubParsersAction) -> None:
                    "chains [reference where the target has one]")
     e.add_argument("--pi-samples", type=int_at_least(100),
                    help="samples of pi for bridge sampling [as --samples]")
-    e.add_argument("--seed", type=seed, default=0, help="random seed [0]")
-    e.add_argument("--device", type=device, help=DEVICE_HELP)
-    e.add_argument("--threads", type=cpu_threads, help="torch CPU threads")
-    e.add_argument("--json", action="store_true", help="print a machine-readable summary")
-    e.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    _add_run_options(e)
     e.set_defaults(run=_exit_1_on_non_finite(run_estimate))
 
     m = actions.add_parser("sample", help="draw fields and Ising spins from a trained flow")
     m.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
     m.add_argument("--n", type=int_at_least(1), default=64, help="samples [64]")
-    m.add_argument("--seed", type=seed, default=0, help="random seed [0]")
-    m.add_argument("--device", type=device, help=DEVICE_HELP)
     m.add_argument("--out", required=True,
                    help="output NAME.npz (x: float32 fields, spins: int8); in 2D a picture NAME.png beside it")
-    m.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    _add_run_options(m, threads=False, quiet=False)
     m.set_defaults(run=_exit_1_on_non_finite(run_sample))
 
     h = actions.add_parser("hmc", help="hybrid Monte Carlo in the latent or the physical space")
@@ -158,13 +152,9 @@ def add_actions(actions: argparse._SubParsersAction) -> None:
     h.add_argument("--warmup", type=int_at_least(0), default=200, help="step-size adaptation steps [200]")
     h.add_argument("--step-size", type=positive_float, default=0.1, help="initial leapfrog step [0.1]")
     h.add_argument("--leapfrog", type=int_at_least(1), default=10, help="leapfrog steps per trajectory [10]")
-    h.add_argument("--seed", type=seed, default=0, help="random seed [0]")
-    h.add_argument("--device", type=device, help=DEVICE_HELP)
-    h.add_argument("--threads", type=cpu_threads, help="torch CPU threads")
     h.add_argument("--out", help="directory for hmc.json and the Fig. 3(b)-style plots hmc_*.png, created if "
                    "needed [none]")
-    h.add_argument("--json", action="store_true", help="print a machine-readable summary")
-    h.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    _add_run_options(h)
     h.set_defaults(run=_exit_1_on_non_finite(run_hmc))
 
     i = actions.add_parser("mh", help="independence Metropolis-Hastings with the flow as proposal",
@@ -178,22 +168,27 @@ def add_actions(actions: argparse._SubParsersAction) -> None:
     i.add_argument("--chains", type=int_at_least(1), default=64, help="parallel chains [64]")
     i.add_argument("--steps", type=int, default=2000, help=f"production steps, at least {MIN_STEPS} [2000]")
     i.add_argument("--warmup", type=int_at_least(0), default=100, help="steps discarded first [100]")
-    i.add_argument("--seed", type=seed, default=0, help="random seed [0]")
-    i.add_argument("--device", type=device, help=DEVICE_HELP)
-    i.add_argument("--threads", type=cpu_threads, help="torch CPU threads")
-    i.add_argument("--json", action="store_true", help="print a machine-readable summary")
-    i.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    _add_run_options(i)
     i.set_defaults(run=_exit_1_on_non_finite(run_mh))
 
     a = actions.add_parser("analyze", help="response maps and mutual information of the latent variables")
     a.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
     a.add_argument("--samples", type=int_at_least(64), default=2000, help="flow samples averaged over [2000]")
-    a.add_argument("--seed", type=seed, default=0, help="random seed [0]")
-    a.add_argument("--device", type=device, help=DEVICE_HELP)
     a.add_argument("--out", help="output directory, created if needed [RUN/analysis]")
-    a.add_argument("--json", action="store_true", help="print the summary as JSON")
-    a.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    _add_run_options(a, threads=False)
     a.set_defaults(run=_exit_1_on_non_finite(run_analyze))
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, threads: bool = True, quiet: bool = True) -> None:
+    """The options every command on a run shares: ``--seed``, ``--device``, ``--threads``,
+    ``--json`` and ``--quiet``."""
+    p.add_argument("--seed", type=seed, default=0, help="random seed [0]")
+    p.add_argument("--device", type=device, help=DEVICE_HELP)
+    if threads:
+        p.add_argument("--threads", type=cpu_threads, help="torch CPU threads")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
 
 def _load(args: argparse.Namespace) -> Trainer:
