@@ -8,11 +8,11 @@ committed results)::
     python benchmarks/bench_estimators.py --run runs/bench/L16 --methods is bridge-hmc smc --seeds 3
     python benchmarks/bench_estimators.py --report          # merge all into estimators.md
 
-Each call appends its rows to ``benchmarks/results/estimators_<methods>.json`` (so calls with
-different methods can run side by side; one row per method and seed:
+Each call appends its rows to ``benchmarks/results/estimators_<run name>_<methods>.json`` (so calls
+with different methods or runs can run side by side; one row per method and seed:
 value, error, deviation from the exact ln Z in units of the error, the method's diagnostics and
 verdict, wall and CPU seconds); ``--report`` writes ``estimators.md`` with, per method, the
-fraction of seeds within 2 sigma, the median error and the mean CPU time. Methods:
+fraction of seeds within 2 sigma, the median error and the mean CPU time, one section per run. Methods:
 
 * ``is``: importance sampling, ``--is-samples`` flow samples;
 * ``bridge-reference``: bridge sampling, ``--flow-samples`` flow samples against as many exact
@@ -78,7 +78,7 @@ def run(args) -> None:
     trainer = load_run(args.run, threads=args.threads)
     exact = trainer.exact_ln_z
     tag = f"-{args.tag}" if args.tag else ""
-    path = RESULTS / f"estimators_{'_'.join(args.methods)}{tag}.json"
+    path = RESULTS / f"estimators_{args.run.name}_{'_'.join(args.methods)}{tag}.json"
     data = json.loads(path.read_text()) if path.exists() else {"rows": []}
     data["machine"] = describe()
     data["run"] = {"path": str(args.run), "L": trainer.cfg.L, "K": trainer.cfg.beta, "steps": trainer.step_count,
@@ -103,21 +103,18 @@ def run(args) -> None:
             path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def report() -> None:
-    parts = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("estimators_*.json"))]
-    data = {"machine": parts[0]["machine"], "run": parts[0]["run"], "rows": [x for p in parts for x in p["rows"]]}
-    if any(p["run"] != data["run"] for p in parts):
-        raise SystemExit("estimators_*.json files are of different runs; remove the stale ones")
+def table(data: dict) -> list[str]:
+    """The Markdown section of one flow run: a row per method."""
     for row in data["rows"]:  # verdicts by the current deeprg.flows.trust, from the recorded diagnostics
         if "diagnostics" in row:
             row["trusted"], row["verdict"] = verdict(row["method"].split("-")[0],
                                                      {**row["diagnostics"], "ln_z_error": row["error"]})
     m, r = data["machine"], data["run"]
-    lines = ["# ln Z estimators against the exact value", "",
-             f"Flow: `{r['path']}`, {r['L']}x{r['L']} relaxed Ising at K = {r['K']:.10g}, {r['steps']} training steps, "
+    lines = [f"## `{r['path']}`", "",
+             f"{r['L']}x{r['L']} relaxed Ising at K = {r['K']:.10g}, {r['steps']} training steps, "
              f"relative error of the variational free energy in training {r['relative_error']:.2e}; exact ln Z "
              f"= {r['exact_ln_z']:.6f} (Kaufman). Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
-             f"{m['date']}. Commands: see `benchmarks/bench_estimators.py`.", "",
+             f"{m['date']}.", "",
              "| method | settings | seeds | within 2 sigma | median error | mean CPU s | trusted | values (deviation in sigma) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for method in dict.fromkeys(x["method"] for x in data["rows"]):
@@ -142,7 +139,24 @@ def report() -> None:
     verdicts = sorted({x["verdict"] for x in data["rows"] if "verdict" in x and not x["trusted"]})
     if verdicts:
         lines += ["", "Verdicts of the untrusted estimates:", ""] + [f"- {v}" for v in verdicts]
-    (RESULTS / "estimators.md").write_text("\n".join(lines) + "\n")
+    return lines + [""]
+
+
+def report() -> None:
+    """``estimators.md``: one section per flow run, from every ``estimators_*.json``."""
+    runs: dict[str, dict] = {}
+    for part in sorted(RESULTS.glob("estimators_*.json")):
+        data = json.loads(part.read_text())
+        merged = runs.setdefault(data["run"]["path"], {"machine": data["machine"], "run": data["run"], "rows": []})
+        if merged["run"] != data["run"]:
+            raise SystemExit(f"{part.name} holds another training state of {data['run']['path']}; remove the stale file")
+        merged["rows"] += data["rows"]
+    lines = ["# ln Z estimators against the exact value", "",
+             "Per flow run, every estimate over independent estimation seeds. Commands: see "
+             "`benchmarks/bench_estimators.py`.", ""]
+    for data in runs.values():
+        lines += table(data)
+    (RESULTS / "estimators.md").write_text("\n".join(lines))
     print(f"wrote {RESULTS / 'estimators.md'}")
 
 

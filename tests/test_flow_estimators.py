@@ -91,6 +91,19 @@ def test_pareto_k_recovers_the_tail_index_of_pareto_weights(k):
     assert pareto_k(-k * torch.log(u)) == pytest.approx(k, abs=0.12)
 
 
+def test_pareto_k_does_not_overflow_for_widely_spread_weights():
+    """Log-weights spread over thousands of nats (a badly mismatched flow) are finite; the tail
+    fit must not overflow (exp(800) is inf in float64) and is the same as at any offset or scale
+    of the weights."""
+    u = torch.rand(40000, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    log_w = -0.8 * torch.log(u)
+    spread = 3000.0 * log_w / log_w.max()  # same ordering, tail log-weights far beyond 709 apart
+    assert math.isfinite(pareto_k(spread)) and pareto_k(spread) > 0.7
+    assert pareto_k(log_w + 1e4) == pytest.approx(pareto_k(log_w), abs=1e-6)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        pareto_k(torch.cat([log_w[:99], torch.tensor([math.inf], dtype=torch.float64)]))
+
+
 def test_independence_metropolis_with_exact_proposal_accepts_everything():
     flow = make_flow((4, 4))
     target = GaussianTarget((4, 4), precision=torch.eye(16, dtype=torch.float64))

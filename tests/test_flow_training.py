@@ -114,12 +114,29 @@ def test_non_finite_loss_stops_training_and_keeps_last_checkpoint(tmp_path):
         ({"batch": 1}, "batch"),
         ({"arch": "transformer"}, "arch"),
         ({"L": 2, "arch": "tebd", "depth": 3}, "depth = 1"),
+        ({"kernel": 2}, "kernel must be an odd integer"),
+        ({"kernel": 3, "shared": False}, "kernel must be 1 when shared = false"),
         ({"device": "cuda:0"} if not torch.cuda.is_available() else {"device": "tpu"}, "device"),
     ],
 )
 def test_bad_config_is_rejected_with_its_name(overrides, match):
     with pytest.raises(ValueError, match=match):
         FlowTrainConfig(**overrides)
+
+
+def test_convolutional_conditioners_train_and_resume_to_the_same_numbers(tmp_path):
+    cfg = FlowTrainConfig(L=4, steps=6, batch=16, kernel=3, **SMALL)
+    straight = Trainer(cfg)
+    straight.train()
+    first = Trainer(FlowTrainConfig(L=4, steps=6, batch=16, kernel=3, **SMALL))
+    first.train(until=3)
+    first.save(tmp_path / "ck.pt")
+    resumed = Trainer(cfg)
+    resumed.load(tmp_path / "ck.pt")
+    resumed.train()
+    for a, b in zip(straight.flow.parameters(), resumed.flow.parameters()):
+        assert torch.equal(a, b)
+    assert any(p.dim() == 4 for p in straight.flow.parameters())  # 2D convolution weights
 
 
 def test_unknown_config_key_is_named(tmp_path):

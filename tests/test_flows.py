@@ -246,12 +246,13 @@ HIERARCHY_CASES = (
 )
 
 
-def make_hierarchy(shape, arch, shared=True, seed=0, depth=None, scale=0.1, linear=False, elementwise=False):
+def make_hierarchy(shape, arch, shared=True, seed=0, depth=None, scale=0.1, linear=False, elementwise=False,
+                   kernel=1):
     lattice = Lattice(shape)
     if arch == "tebd" and depth is None and shape[0] == 2:
         depth = 1  # the default depth (2 log2 L = 2) is rejected on L = 2; see test below
     h = Hierarchy(lattice, arch, depth=depth, n_couplings=4, hidden=HIDDEN, shared=shared, linear=linear,
-                  elementwise=elementwise)
+                  elementwise=elementwise, kernel=kernel)
     return perturb(h.double(), seed=seed, scale=scale)
 
 
@@ -416,6 +417,52 @@ def test_tebd_depth_one_jacobian_is_block_diagonal(shape):
         same_block = torch.as_tensor(same_block)
         assert J[~same_block].abs().max() == 0
         assert (J[same_block].abs() > 0).all()
+
+
+CONV_CASES = [((16,), "mera"), ((8, 8), "mera"), ((8, 8), "tree"), ((8, 8), "tebd"), ((4, 4, 4), "mera")]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=case_id)
+def test_convolutional_conditioners_inverse_and_logdet(case):
+    shape, arch = case
+    h = make_hierarchy(shape, arch, seed=21, kernel=3, linear=True, elementwise=True)
+    check_bijection(h, randn(3, *shape, seed=22), n_jac=1)
+
+
+@pytest.mark.parametrize("shape", [(16,), (8, 8)], ids=lambda s: "x".join(map(str, s)))
+def test_convolutional_conditioner_reaches_neighbouring_blocks_only(shape):
+    """One coupling of a 3^d conditioner: a block's outputs depend on its own block and on the
+    blocks one grid step away (periodically), and on nothing further (each further coupling
+    reaches one grid step more)."""
+    lattice = Lattice(shape)
+    h = Hierarchy(lattice, "tebd", depth=1, n_couplings=1, hidden=HIDDEN, kernel=3)
+    h = perturb(h.double(), seed=23)
+    J = single_jacobian(h.renormalize, randn(*shape, seed=24))
+    grid = tuple(n // 2 for n in shape)
+    block_of = np.empty(lattice.n_sites, dtype=int)
+    for b, sites in enumerate(lattice.blocks):
+        block_of[sites] = b
+    coords = np.stack(np.unravel_index(np.arange(len(lattice.blocks)), grid), axis=1)
+    delta = np.abs(coords[:, None, :] - coords[None, :, :])
+    near = (np.minimum(delta, np.array(grid) - delta) <= 1).all(axis=2)  # (blocks, blocks)
+    reach = torch.as_tensor(near[np.ix_(block_of, block_of)])
+    assert J[~reach].abs().max() == 0
+    other_block = torch.as_tensor(block_of[:, None] != block_of[None, :])
+    assert J[reach & other_block].abs().max() > 1e-3  # the neighbours are really seen
+
+
+def test_convolutional_conditioners_are_translation_covariant():
+    x = randn(2, 8, 8, seed=25)
+    h = make_hierarchy((8, 8), "tebd", seed=26, kernel=3)
+    z, _ = h.renormalize(x)
+    zs, _ = h.renormalize(torch.roll(x, shifts=(2, 4), dims=(1, 2)))
+    torch.testing.assert_close(zs, torch.roll(z, shifts=(2, 4), dims=(1, 2)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel, shared", [(2, True), (0, True), (3, False)])
+def test_bad_convolutional_conditioner_rejected(kernel, shared):
+    with pytest.raises(ValueError, match="kernel"):
+        Hierarchy(Lattice((4, 4)), "mera", hidden=HIDDEN, shared=shared, kernel=kernel)
 
 
 def test_tebd_depth_two_spreads_beyond_a_block():

@@ -22,6 +22,16 @@ from deeprg.flows.objectives import OBJECTIVES, PI_SOURCES
 from deeprg.flows.train import FlowTrainConfig
 
 BOOL = {"action": argparse.BooleanOptionalAction, "default": None}
+
+
+def odd_kernel(value: str) -> int:
+    """argparse type: an odd integer >= 1."""
+    k = int_at_least(1)(value)
+    if k % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be an odd integer >= 1, got {k}")
+    return k
+
+
 OPTIONS = [
     Option("L", ("--L",), "linear size, a power of two", {"type": int_at_least(2)}),
     Option("d", ("--d",), "dimension", {"type": int, "choices": (1, 2)}),
@@ -36,6 +46,8 @@ OPTIONS = [
     Option("elementwise", ("--elementwise",), "learned odd monotone map on every site, inside the linear map",
            BOOL),
     Option("hidden", ("--hidden",), "hidden widths of the coupling MLPs", {"type": int_at_least(1), "nargs": "+"}),
+    Option("kernel", ("--kernel",), "conditioner reach: 1 = an MLP on each block alone (the paper), odd k > 1 = a "
+           "k^d convolution over neighbouring blocks", {"type": odd_kernel}),
     Option("n_couplings", ("--couplings",), "affine couplings per block", {"type": int_at_least(1)}),
     Option("objective", ("--objective",), "reverse KL (Eq. 5), forward KL on samples of pi, or their mixture",
            {"choices": OBJECTIVES}),

@@ -22,7 +22,12 @@ affine coupling updates a subset ``b`` of a block's variables given the rest ``a
 
 with ``s = s_max * tanh(raw / s_max)``, a smooth bound on the log-scale. ``s`` and ``t`` come from
 one small MLP per coupling, either shared by all blocks of the layer (translation invariance) or
-one per block. The last MLP layer starts at zero, so a fresh bijector is the identity.
+one per block. The last MLP layer starts at zero, so a fresh bijector is the identity. With
+``kernel = k > 1`` (shared weights only) the conditioner is convolutional instead: the blocks sit on
+a periodic grid, and the first layer is a ``k^d`` circular convolution over it, so the update of
+block ``J`` reads the conditioning variables of ``J`` and of the blocks within ``k // 2`` grid steps.
+Those are not updated by the same coupling, so the Jacobian stays triangular and the log-det is
+still ``sum s``; one coupling reaches ``k // 2`` blocks, ``n`` couplings ``n (k // 2)``.
 
 Translation-invariant linear map
 --------------------------------
@@ -118,6 +123,38 @@ class _GroupedMLP(nn.Module):
         return h.transpose(0, 1)
 
 
+class _BlockConvNet(nn.Module):
+    """Convolutional conditioner: blocks arranged on a periodic grid of shape ``grid``
+    (``n_blocks = prod(grid)``, row-major). Input ``(batch, n_blocks, n_in)``, output
+    ``(batch, n_blocks, n_out)``; the first layer is a ``kernel^d`` convolution with circular
+    padding, so a block's output depends on its own inputs and on those of the blocks within
+    ``kernel // 2`` grid steps; the other layers act block by block. Weights are shared by all
+    blocks (translation invariance)."""
+
+    def __init__(self, n_in: int, hidden: tuple[int, ...], n_out: int, grid: tuple[int, ...], kernel: int) -> None:
+        super().__init__()
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[len(grid) - 1]
+        sizes = [n_in, *hidden, n_out]
+        self.grid = tuple(grid)
+        self.layers = nn.ModuleList()
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            k = kernel if i == 0 else 1
+            layer = conv(a, b, k, padding=k // 2, padding_mode="circular" if k > 1 else "zeros")
+            if i == len(sizes) - 2:
+                nn.init.zeros_(layer.weight)  # identity bijector at initialization
+                nn.init.zeros_(layer.bias)
+            self.layers.append(layer)
+
+    def forward(self, h: Tensor) -> Tensor:
+        batch, n_blocks, _ = h.shape
+        h = h.transpose(1, 2).reshape(batch, -1, *self.grid)
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if i < len(self.layers) - 1:
+                h = nn.functional.silu(h)
+        return h.reshape(batch, -1, n_blocks).transpose(1, 2)
+
+
 class BlockRealNVP(nn.Module):
     """A stack of affine couplings on ``n_blocks`` blocks of ``k`` variables each.
 
@@ -139,15 +176,27 @@ class BlockRealNVP(nn.Module):
         hidden: tuple[int, ...] = (64, 64),
         shared: bool = True,
         s_max: float = 2.0,
+        grid: tuple[int, ...] | None = None,
+        kernel: int = 1,
     ) -> None:
         super().__init__()
         self.k, self.n_blocks, self.s_max = k, n_blocks, float(s_max)
         self.partitions = coupling_partitions(k, n_couplings)
         self.shared = bool(shared)
-        groups = 1 if shared else n_blocks
-        self.nets = nn.ModuleList(
-            _GroupedMLP(len(cond), tuple(hidden), 2 * len(upd), groups) for cond, upd in self.partitions
-        )
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"kernel must be an odd integer >= 1, got {kernel}")
+        if kernel > 1:
+            if grid is None or math.prod(grid) != n_blocks or not shared:
+                raise ValueError("a convolutional conditioner (kernel > 1) needs shared weights and the blocks' grid")
+            self.nets = nn.ModuleList(
+                _BlockConvNet(len(cond), tuple(hidden), 2 * len(upd), tuple(grid), kernel)
+                for cond, upd in self.partitions
+            )
+        else:
+            groups = 1 if shared else n_blocks
+            self.nets = nn.ModuleList(
+                _GroupedMLP(len(cond), tuple(hidden), 2 * len(upd), groups) for cond, upd in self.partitions
+            )
 
     def _scale_shift(self, net: _GroupedMLP, cond: Tensor) -> tuple[Tensor, Tensor]:
         raw = net(cond)

@@ -65,13 +65,18 @@ def pareto_k(log_w: Tensor) -> float:
     :func:`scipy.stats.genpareto.fit`) to the largest ``M = min(n / 5, 3 sqrt(n))`` importance
     weights above the next one. The weights have ``1 / k`` finite moments: for ``k < 1/2`` the
     variance is finite and the usual error bar holds; above 0.7 the estimate is unreliable whatever
-    the error bar says. ``-inf`` when the tail weights are all equal (bounded weights)."""
+    the error bar says. ``-inf`` when the tail weights are all equal (bounded weights). Raises
+    ``FloatingPointError`` for non-finite weights."""
     n = len(log_w)
     m = int(min(n / 5, 3 * math.sqrt(n)))
     if m < 5:
         raise ValueError(f"need at least 25 weights for a tail fit, got {n}")
+    if not torch.isfinite(log_w).all():
+        raise FloatingPointError("non-finite importance weights: the flow or the target returned inf/nan")
     top = torch.sort(log_w.double()).values[-(m + 1):]
-    excess = torch.expm1(top[1:] - top[0]).numpy()  # (w - u) / u for the tail weights w above u
+    # (w - u) / w_max for the tail weights w above u: the fitted shape does not depend on the scale,
+    # and this form does not overflow however far the weights spread
+    excess = (torch.exp(top[1:] - top[-1]) - torch.exp(top[0] - top[-1])).numpy()
     if excess.max() <= 0:
         return -math.inf
     shape, _, _ = scipy.stats.genpareto.fit(excess, floc=0.0)

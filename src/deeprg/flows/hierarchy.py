@@ -125,6 +125,9 @@ class Hierarchy(nn.Module):
     n_couplings, hidden, shared, s_max: passed to every :class:`BlockRealNVP`.
     linear: add a :class:`CirculantLinear` map at the physical end.
     elementwise: add an :class:`OddMonotone` site-wise map (inside the linear map, if any).
+    kernel: conditioner reach; 1 = an MLP on each block's own variables (Li & Wang), odd ``k > 1``
+        = a ``k^d`` convolution over the layer's grid of blocks (``L / 2^(scale + 1)`` per axis), so
+        each coupling also sees the neighbouring blocks' conditioning variables.
     """
 
     def __init__(
@@ -138,13 +141,16 @@ class Hierarchy(nn.Module):
         s_max: float = 2.0,
         linear: bool = False,
         elementwise: bool = False,
+        kernel: int = 1,
     ) -> None:
         super().__init__()
         self.lattice, self.arch = lattice, arch
         self.specs = layer_specs(lattice, arch, depth)
         k = 2**lattice.d
         self.layers = nn.ModuleList(
-            BlockRealNVP(k, len(s.blocks), n_couplings, tuple(hidden), shared, s_max) for s in self.specs
+            BlockRealNVP(k, len(s.blocks), n_couplings, tuple(hidden), shared, s_max,
+                         grid=tuple(n // 2 ** (s.scale + 1) for n in lattice.shape), kernel=kernel)
+            for s in self.specs
         )
         self.linear = CirculantLinear(lattice.shape) if linear else None
         self.elementwise = OddMonotone() if elementwise else None

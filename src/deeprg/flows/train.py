@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 #: Config keys that define the model; a checkpoint is usable only if they all agree.
-MODEL_KEYS = ("L", "d", "beta", "min_eigenvalue", "arch", "depth", "n_couplings", "hidden", "shared",
+MODEL_KEYS = ("L", "d", "beta", "min_eigenvalue", "arch", "depth", "n_couplings", "hidden", "kernel", "shared",
               "s_max", "linear", "elementwise", "symmetrize", "dtype")
 #: Format of a checkpoint file.
 CHECKPOINT_FORMAT = "deeprg.flow-checkpoint/1"
@@ -85,6 +85,9 @@ class FlowTrainConfig:
     depth: int | None = None
     n_couplings: int = 4
     hidden: list[int] = field(default_factory=lambda: [32, 32])
+    #: Coupling conditioners: 1 = an MLP on the block's own variables (Li & Wang); an odd k > 1 =
+    #: a k^d convolution over the grid of blocks, so each block also sees its neighbours.
+    kernel: int = 1
     shared: bool = True
     s_max: float = 2.0
     linear: bool = True
@@ -136,6 +139,8 @@ class FlowTrainConfig:
         self.hidden = list(self.hidden)
         need(self, len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden",
              "a non-empty list of integers >= 1")
+        need(self, self.kernel >= 1 and self.kernel % 2 == 1, "kernel", "an odd integer >= 1")
+        need(self, self.kernel == 1 or self.shared, "kernel", "1 when shared = false (a convolution shares weights)")
         need(self, self.s_max > 0, "s_max", "> 0")
         need(self, self.min_eigenvalue > 0, "min_eigenvalue", "a finite number > 0")
         need(self, self.steps >= 1, "steps", "an integer >= 1")
@@ -197,7 +202,7 @@ def build_target(cfg: FlowTrainConfig) -> RelaxedIsing:
 def build_flow(cfg: FlowTrainConfig) -> Flow:
     hierarchy = Hierarchy(
         Lattice.square(cfg.L, cfg.d), cfg.arch, cfg.depth, cfg.n_couplings, tuple(cfg.hidden),
-        cfg.shared, cfg.s_max, cfg.linear, cfg.elementwise,
+        cfg.shared, cfg.s_max, cfg.linear, cfg.elementwise, cfg.kernel,
     )
     return Flow(hierarchy, cfg.symmetrize)
 
