@@ -91,9 +91,14 @@ class NaNAfter(torch.nn.Module):
         out = self.inner.log_prob_unnormalized(x)
         return out * math.nan if self.calls > self.n else out
 
+    def sample_reference(self, n, seed):
+        return self.inner.sample_reference(n, seed)
 
-def test_non_finite_loss_stops_training_and_keeps_last_checkpoint(tmp_path):
-    cfg = FlowTrainConfig(L=4, steps=10, batch=16, checkpoint_seconds=1e-9, **SMALL)
+
+@pytest.mark.parametrize("objective", ["reverse", "forward"])
+def test_non_finite_loss_stops_training_and_keeps_last_checkpoint(tmp_path, objective):
+    """Also for the forward objective, whose loss does not involve the flow's own samples."""
+    cfg = FlowTrainConfig(L=4, steps=10, batch=16, checkpoint_seconds=1e-9, objective=objective, pi_pool=64, **SMALL)
     trainer = Trainer(cfg, target=NaNAfter(train_module.build_target(cfg), 4))
     with pytest.raises(NonFiniteLoss, match="step 5"):
         trainer.train(checkpoint=tmp_path / "ck.pt")

@@ -290,7 +290,8 @@ class Trainer(TrainerBase):
 
     def step(self) -> dict[str, float]:
         """One optimization step; returns the history record. Raises :class:`NonFiniteLoss`
-        (leaving the parameters untouched) if the loss or the gradient is not finite."""
+        (leaving the parameters untouched) if the loss, the gradient or ``ln q - ln pi`` of the
+        batch's flow samples is not finite."""
         t0 = time.perf_counter()
         cfg = self.cfg
         with torch.set_grad_enabled(cfg.objective != "forward"):
@@ -308,6 +309,9 @@ class Trainer(TrainerBase):
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"non-finite loss {loss.item()} at step {self.step_count + 1}")
+        if not torch.isfinite(f).all():  # the forward objective does not see the flow's own samples
+            raise NonFiniteLoss(f"non-finite ln q - ln pi on the flow's own samples at step {self.step_count + 1}: "
+                                "the flow has diverged")
         loss.backward()
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), clip)
