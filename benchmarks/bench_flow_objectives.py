@@ -45,6 +45,7 @@ VARIANTS = {
     "mixture 0.5 reverse + 0.5 forward (reference samples)": dict(objective="mixture"),
     "forward KL (reference samples)": dict(objective="forward"),
     "forward KL (latent-HMC samples)": dict(objective="forward", pi_source="hmc"),
+    "mixture 0.5 (latent-HMC samples)": dict(objective="mixture", pi_source="hmc"),
 }
 SAMPLES = 16384
 BINS = np.linspace(0.0, 1.0, 21)

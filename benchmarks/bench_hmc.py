@@ -1,6 +1,7 @@
 """NeuralRG in use: latent-space vs physical-space HMC, and the importance-weighted ln Z.
 
-For L = 8 and 16 at K_c: train the default flow (or load a run directory given with ``--run``),
+For L = 8 and 16 at K_c: train the default flow (or load a run directory given with ``--run``;
+L = 32 needs one),
 then from the same starting fields (flow samples) run HMC in the latent space (Li & Wang Eq. 6)
 and in the physical space (Eq. 7) with the same chains, warm-up (step size adapted to 80%
 acceptance) and leapfrog steps. For the structure factor ``<(sum_i s_i)^2>/N^2`` of spins drawn
@@ -18,6 +19,9 @@ Run from the repository root (about 40 minutes on 2 cores):
     python benchmarks/bench_hmc.py --sizes 8 --run 8=flow-run    # reuse a trained run
     python benchmarks/bench_hmc.py --run 8=runs/bench/L8 --run 16=runs/bench/L16   # flows saved by
                                                   # python benchmarks/bench_flow.py --save-runs runs/bench
+    python benchmarks/bench_hmc.py --sizes 32 --run 32=runs/bench/L32-forward --physical-steps 10000 \
+        --no-weighted --merge     # add L = 32 to the saved results: samplers only, physical HMC
+                                  # run longer because its tau grows with L (see docs/neuralrg.md)
 
 Results go to benchmarks/results/hmc.{json,md} and hmc_L*.png (Fig. 3(b)-style traces).
 """
@@ -65,13 +69,15 @@ def trained(L: int, run_dir: str | None, threads: int, seed: int) -> tuple[Train
 
 def summarize(production: dict, warmup_trace: torch.Tensor, cpu: float, wall: float, acceptance: float) -> dict:
     """Estimates, tau and costs of one sampler run; ``production`` maps observable names to
-    ``(STEPS, CHAINS)`` series, ``warmup_trace`` is the structure factor during warm-up."""
+    ``(steps, CHAINS)`` series, ``warmup_trace`` is the structure factor during warm-up."""
+    steps = len(production["structure_factor"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sf = estimate(production["structure_factor"].T.numpy())
         en = estimate(production["energy_per_site"].T.numpy())
-    cpu_per_step = cpu / (STEPS + WARMUP)
+    cpu_per_step = cpu / (steps + WARMUP)
     return {
+        "steps": steps,
         "structure_factor": sf.to_dict(),
         "energy_per_site": en.to_dict(),
         "tau_steps": sf.tau_int,
@@ -85,40 +91,42 @@ def summarize(production: dict, warmup_trace: torch.Tensor, cpu: float, wall: fl
     }
 
 
-def sampler_run(trainer: Trainer, space: str, x0: torch.Tensor, seed: int) -> dict:
+def sampler_run(trainer: Trainer, space: str, x0: torch.Tensor, seed: int, steps: int) -> dict:
     gen = torch.Generator().manual_seed(seed)
     t0, w0 = time.process_time(), time.perf_counter()
-    res = hmc_in_space(trainer.flow, trainer.target, space, x0, STEPS, step_size=0.1, n_leapfrog=LEAPFROG,
+    res = hmc_in_space(trainer.flow, trainer.target, space, x0, steps, step_size=0.1, n_leapfrog=LEAPFROG,
                        warmup=WARMUP, generator=gen)
     cpu, wall = time.process_time() - t0, time.perf_counter() - w0
     out = summarize(res.series, res.warmup_series["structure_factor"], cpu, wall, res.acceptance_rate)
     return {**out, "step_size": res.step_size}
 
 
-def independence_run(trainer: Trainer, seed: int) -> dict:
+def independence_run(trainer: Trainer, seed: int, steps: int) -> dict:
     """Independence Metropolis-Hastings with the (symmetrized) flow as proposal, same chains and
     number of steps as HMC; the first ``WARMUP`` steps are discarded."""
     gen = torch.Generator().manual_seed(seed)
     observables = ising_observables(trainer.target, gen)
     t0, w0 = time.process_time(), time.perf_counter()
-    res = independence_metropolis(trainer.flow, trainer.target, WARMUP + STEPS, CHAINS, observables, gen)
+    res = independence_metropolis(trainer.flow, trainer.target, WARMUP + steps, CHAINS, observables, gen)
     cpu, wall = time.process_time() - t0, time.perf_counter() - w0
     production = {name: series[WARMUP:] for name, series in res.series.items()}
     return summarize(production, res.series["structure_factor"][:WARMUP], cpu, wall, res.acceptance_rate)
 
 
-def bench(L: int, run_dir: str | None, threads: int, seed: int) -> dict:
+def bench(L: int, run_dir: str | None, threads: int, seed: int, steps: dict[str, int], weighted: bool) -> dict:
+    """Samplers (``steps``: production steps per sampler) and, if ``weighted``, ln Z by plain and
+    annealed importance sampling, for the flow of size ``L``."""
     trainer, train_seconds = trained(L, run_dir, threads, seed)
     flow, target = trainer.flow, trainer.target
     x0 = starting_fields(flow, CHAINS, "flow", torch.Generator().manual_seed(seed + 1))
     runs = {}
     for space in ("latent", "physical"):
-        runs[space] = sampler_run(trainer, space, x0, seed + 2)
+        runs[space] = sampler_run(trainer, space, x0, seed + 2, steps[space])
         r = runs[space]
         print(f"  L={L} {space:8s}: S = {estimate(r['trace'][WARMUP:].T)}  tau {r['tau_steps']:.1f} steps"
               f"{' (lower bound)' if r['tau_is_lower_bound'] else ''} = {r['tau_cpu_seconds']:.3f} CPU s,"
               f" acceptance {r['acceptance']:.2f}", flush=True)
-    runs["independence"] = independence_run(trainer, seed + 4)
+    runs["independence"] = independence_run(trainer, seed + 4, steps["independence"])
     r = runs["independence"]
     print(f"  L={L} flow-proposal MH: S = {estimate(r['trace'][WARMUP:].T)}  tau {r['tau_steps']:.1f} steps"
           f" = {r['tau_cpu_seconds']:.3f} CPU s, acceptance {r['acceptance']:.2f}", flush=True)
@@ -127,8 +135,8 @@ def bench(L: int, run_dir: str | None, threads: int, seed: int) -> dict:
                (reference["structure_factor"].mean, reference["structure_factor"].error),
                RESULTS / f"hmc_L{L}.png", r"structure factor $\langle (\sum_i s_i)^2\rangle / N^2$",
                title=f"HMC at K_c, L={L}: {CHAINS} chains, same start (flow samples)")
-    weighted = {"importance": importance_weighted(trainer, seed + 3, annealed=False),
-                "annealed": importance_weighted(trainer, seed + 5, annealed=True)}
+    weighted = {} if not weighted else {"importance": importance_weighted(trainer, seed + 3, annealed=False),
+                                        "annealed": importance_weighted(trainer, seed + 5, annealed=True)}
     for method, w in weighted.items():
         print(f"  L={L} {method} sampling: ln Z = {fmt(w['ln_z']['mean'], w['ln_z']['error'])} "
               f"({w['deviation_sigma']:+.1f} sigma), ESS fraction {w['ess_fraction']:.3f}, k {w['pareto_k']:.2f}, "
@@ -185,25 +193,30 @@ def markdown(results: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} logical cores, torch {m['torch']} ({results['threads']} threads), "
         f"{m['date']}.",
         "",
-        f"Command: `{results['command']}`. {CHAINS} chains, {WARMUP} warm-up + {STEPS} production steps of "
-        f"{LEAPFROG} leapfrog steps, both samplers from the same flow samples; structure factor "
+        f"Command: `{results['command']}`. {CHAINS} chains, {WARMUP} warm-up + production steps (column 'steps') "
+        f"of {LEAPFROG} leapfrog steps, both samplers from the same flow samples; structure factor "
         "S = <(sum_i s_i)^2>/N^2 of spins drawn from pi(s|x). tau is the integrated autocorrelation "
         "time of S (Sokal window); per CPU second = tau x CPU seconds per HMC step of all chains.",
         "",
         "Flows: " + "; ".join(f"L={r['L']}: {r['train_steps']} training steps, relative error "
                               f"{r['final_relative_error']:.1e} (last batch)" for r in results["sizes"]) + ".",
         *([results["notes"], ""] if results.get("notes") else [""]),
-        "| L | sampler | S | reference S | tau (steps) | CPU s / step | tau (CPU s) | acceptance |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *[f"Added later: L = {', '.join(map(str, a['sizes']))} by `{a['command']}` ({a['threads']} threads, "
+          f"{a['machine']['date']})." for a in results.get("added", [])],
+        *([""] if results.get("added") else []),
+        "| L | sampler | steps | S | reference S | tau (steps) | CPU s / step | tau (CPU s) | acceptance |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["sizes"]:
         ref = r["reference"]["structure_factor"]
         for space, s in r["runs"].items():
             sf = s["structure_factor"]
             bound = " (lower bound)" if s["tau_is_lower_bound"] else ""
-            if not bound and STEPS < 50 * s["tau_steps"]:
-                bound = f" (run = {STEPS / s['tau_steps']:.0f} tau: rough)"
-            lines.append(f"| {r['L']} | {LABELS[space]} | {fmt(sf['mean'], sf['error'])} | {fmt(ref['mean'], ref['error'])} | "
+            steps = s.get("steps", STEPS)
+            if not bound and steps < 50 * s["tau_steps"]:
+                bound = f" (run = {steps / s['tau_steps']:.0f} tau: rough)"
+            lines.append(f"| {r['L']} | {LABELS[space]} | {steps} | {fmt(sf['mean'], sf['error'])} | "
+                         f"{fmt(ref['mean'], ref['error'])} | "
                          f"{s['tau_steps']:.1f}{bound} | {s['cpu_seconds_per_step']:.4f} | {s['tau_cpu_seconds']:.3f} | "
                          f"{s['acceptance']:.2f} |")
     lines += ["", "| L | latent / physical HMC, per step | latent / physical HMC, per CPU second | "
@@ -252,26 +265,45 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16], choices=(8, 16))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16], choices=(8, 16, 32))
     parser.add_argument("--run", action="append", default=[], metavar="L=RUN",
                         help="use the trained run directory RUN for size L instead of training")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=STEPS, help="production steps of every sampler")
+    parser.add_argument("--physical-steps", type=int, default=None, help="production steps of physical HMC "
+                        "[--steps]; physical tau grows with L, so large lattices need longer runs")
+    parser.add_argument("--no-weighted", action="store_true", help="skip ln Z by (annealed) importance sampling")
+    parser.add_argument("--merge", action="store_true", help="add these sizes to the saved hmc.json "
+                        "(replacing the same sizes) instead of starting it afresh")
     parser.add_argument("--report-only", action="store_true", help="rewrite hmc.md from hmc.json")
     args = parser.parse_args()
+    runs = dict(item.split("=", 1) for item in args.run)
+    missing = [L for L in args.sizes if L not in TRAIN_STEPS and str(L) not in runs]
+    if missing:
+        parser.error(f"--sizes {missing[0]}: no default training for this size; give a trained run with "
+                     f"--run {missing[0]}=RUN")
     if args.report_only:
         results = json.loads((RESULTS / "hmc.json").read_text())
         (RESULTS / "hmc.md").write_text(markdown(results))
         return
-    runs = dict(item.split("=", 1) for item in args.run)
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(exist_ok=True)
-    sizes = [bench(L, runs.get(str(L)), args.threads, args.seed) for L in args.sizes]
-    results = {"machine": describe(), "threads": args.threads, "seed": args.seed,
-               "command": "python benchmarks/bench_hmc.py " + " ".join(
-                   [f"--sizes {' '.join(map(str, args.sizes))}", f"--threads {args.threads}"]
-                   + [f"--run {r}" for r in args.run]),
-               "sizes": sizes}
+    steps = {"latent": args.steps, "physical": args.physical_steps or args.steps, "independence": args.steps}
+    sizes = [bench(L, runs.get(str(L)), args.threads, args.seed, steps, not args.no_weighted) for L in args.sizes]
+    command = "python benchmarks/bench_hmc.py " + " ".join(
+        [f"--sizes {' '.join(map(str, args.sizes))}", f"--threads {args.threads}"] + [f"--run {r}" for r in args.run]
+        + ([f"--steps {args.steps}"] if args.steps != STEPS else [])
+        + ([f"--physical-steps {args.physical_steps}"] if args.physical_steps else [])
+        + (["--no-weighted"] if args.no_weighted else []) + (["--merge"] if args.merge else []))
+    results = {"machine": describe(), "threads": args.threads, "seed": args.seed, "command": command, "sizes": sizes}
+    if args.merge and (RESULTS / "hmc.json").exists():
+        saved = json.loads((RESULTS / "hmc.json").read_text())
+        new = {r["L"] for r in sizes}
+        results = {**saved, "sizes": sorted([r for r in saved["sizes"] if r["L"] not in new] + sizes,
+                                            key=lambda r: r["L"]),
+                   "added": saved.get("added", []) + [{"machine": describe(), "threads": args.threads,
+                                                        "command": command, "sizes": sorted(new)}]}
     (RESULTS / "hmc.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     (RESULTS / "hmc.md").write_text(markdown(results))
     print(markdown(results))

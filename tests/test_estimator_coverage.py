@@ -42,7 +42,8 @@ core of a shared machine; mean |z| is 0.80 for a standard normal):
 ==========================================  =======  =======  ==================  =====
 estimator                                   covered  mean|z|  trusted (covered)   CPU s
 ==========================================  =======  =======  ==================  =====
-importance sampling, 10,000                 35/40    0.96     16 (11)                 6
+importance sampling, 10,000                 35/40    0.96      0                      6
+importance sampling, 100,000                36/40    0.74     26 (22)                63
 annealed IS, 512 x 20 temperatures          39/40    0.77     24 (24)                35
 SMC, 256 particles x 8 replicas             39/40    0.82     40 (39)                71
 bridge vs reference, 10,000 + 10,000        38/40    0.88     36 (34)                16
@@ -56,15 +57,18 @@ ways: ``n2_eff = 2048 / (2 tau)`` is ~130) and covers anyway; a conservative ver
 failure.
 
 Importance sampling is the exception the issue anticipated, though not in the way it expected:
-its intervals cover in 35 of 40 seeds, right at the bar (85-91 % over 120 seeds for each of three
-flows trained like this one with batch 64, by ``importance_ln_z`` directly), every miss on the
-low side (the heavy tail of the weights undersampled), so a hard 85 % assertion would be a coin
-toss; what is asserted is that the verdict does not vouch for it: it flags most seeds (24 of 40).
-But the seeds it trusts are the ones that miss: with an effective sample size near the threshold
-of 200, a seed passes exactly when it drew no large weight, i.e. when its estimate is low and its
-error bar too small (11 of 16 trusted seeds covered here; 2 of 15, 26 of 37 and 23 of 33 for
-those three flows; with 30,000 samples, where the ESS is well above 200, 29 of 32). That
-requirement is kept as a strict expected failure, so that a better verdict shows up.
+with 10,000 samples its intervals cover in 35 of 40 seeds, right at the bar (85-91 % over 120
+seeds for each of three flows trained like this one with batch 64, by ``importance_ln_z``
+directly), every miss on the low side (the heavy tail of the weights undersampled), so a hard
+85 % assertion would be a coin toss. Worse, the seeds that look healthiest are the ones that
+miss: with about 200 effective samples, a seed passes a 200-sample bar exactly when it drew no
+large weight, i.e. when its estimate is low and its error bar too small (11 of 16 such seeds
+covered here). The verdict therefore asks plain importance sampling for 1,000 effective samples
+(:data:`deeprg.flows.trust.MIN_IS_ESS`, measurements in :mod:`deeprg.flows.trust`), and what is
+asserted at 10,000 samples is that it vouches for no seed. With 100,000 samples (about 1,200
+effective) the intervals cover in 36 of 40 seeds (asserted); the verdict trusts 26 of them, of
+which 22 cover, every miss low: the selection effect is weaker but still there, kept as a strict
+expected failure so that a better verdict shows up.
 
 Two checks show that the criterion has teeth: the latent-HMC bridge fed the same pi samples in
 random order (taken as independent: tau = 1/2, blocks of iid-looking samples; error bars ~3x too
@@ -112,6 +116,7 @@ FLOW = {"L": 4, "beta": "critical", "min_eigenvalue": 0.1, "n_couplings": 2, "hi
 #: ``deeprg flow estimate`` options per estimator that goes through the CLI's functions.
 CLI_OPTIONS = {
     "importance sampling": ("is", "--samples", "10000"),
+    "importance sampling, 100,000": ("is", "--samples", "100000"),
     "bridge vs reference sampler": ("bridge", "--samples", "10000", "--pi-source", "reference"),
     "SMC from the flow": ("smc", "--samples", "256", "--leapfrog", "1"),
 }
@@ -254,6 +259,11 @@ def importance(trainer) -> Coverage:
 
 
 @pytest.fixture(scope="module")
+def importance_large(trainer) -> Coverage:
+    return run_cli(trainer, "importance sampling, 100,000")
+
+
+@pytest.fixture(scope="module")
 def annealed(trainer) -> Coverage:
     return run_ais(trainer)
 
@@ -289,22 +299,25 @@ def test_flow_is_undertrained_with_visibly_imperfect_importance_weights(trainer,
     assert ess_fraction < 0.05, ess_fraction
 
 
-def test_importance_sampling_verdict_flags_most_seeds_of_the_undertrained_flow(importance):
-    """Importance sampling's intervals cover in 35 of 40 seeds, at the bar and with every miss low
-    (module docstring), so what must hold is that its verdict does not vouch for it: it flags the
-    majority of seeds (measured 24 of 40)."""
-    assert (~importance.trusted).sum() > len(SEEDS) / 2, str(importance)
+def test_importance_sampling_verdict_vouches_for_no_seed_of_10000_samples(importance):
+    """With 10,000 samples importance sampling's intervals cover in 35 of 40 seeds, at the bar and
+    with every miss low (module docstring), and the seeds with healthy-looking diagnostics are the
+    ones that miss; the verdict must not vouch for any of them (about 170 effective samples, below
+    :data:`deeprg.flows.trust.MIN_IS_ESS`)."""
+    assert not importance.trusted.any(), str(importance)
+
+
+def test_importance_sampling_with_enough_samples_covers_exact_ln_z_in_85_percent_of_seeds(importance_large):
+    assert_covers(importance_large)
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="selection effect: with an ESS near the threshold of 200, the verdict trusts the seeds "
-                   "that drew no large weight, whose estimate is low and error bar too small (measured: 11 of 16 "
-                   "trusted seeds covered)")
-def test_importance_sampling_intervals_the_verdict_trusts_cover_exact_ln_z_in_85_percent_of_seeds(importance):
-    trusted = importance.trusted
-    if trusted.sum() < 10:
-        pytest.skip(f"only {trusted.sum()} seeds trusted: too few to judge ({importance})")
-    assert importance.covered[trusted].mean() >= 0.85, str(importance)
+                   reason="selection effect, weaker with 100,000 samples (about 1,200 effective) than with 10,000: "
+                   "22 of the 26 trusted seeds covered, every miss low (module docstring)")
+def test_importance_sampling_intervals_the_verdict_trusts_cover_exact_ln_z_in_85_percent_of_seeds(importance_large):
+    trusted = importance_large.trusted
+    assert trusted.sum() >= 10, str(importance_large)
+    assert importance_large.covered[trusted].mean() >= 0.85, str(importance_large)
 
 
 def test_annealed_importance_sampling_covers_exact_ln_z_in_85_percent_of_seeds(annealed):

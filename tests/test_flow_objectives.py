@@ -101,3 +101,34 @@ def test_a_target_without_a_reference_sampler_asks_for_latent_hmc():
         Trainer(small(objective="forward"), target=Plain())
     assert isinstance(Trainer(small(objective="forward", pi_source="hmc"), target=Plain()).pi_source,
                       LatentHMCSource)
+
+
+def test_latent_hmc_chains_stay_on_pi_while_the_flow_changes():
+    """The chains' state is the field x, moved by HMC in the latent space of whatever the flow is
+    now: a pi-invariant kernel for every flow. Chains started on exact samples of a Gaussian keep
+    its covariance through draws between which the flow's parameters are perturbed, while the
+    same latents pushed through the perturbed flows (chains that kept z) drift off it."""
+    lattice = Lattice.square(4)
+    target = GaussianTarget.lattice_correlated(lattice, c=0.8)
+    cfg = small(objective="forward", pi_source="hmc", batch=4000, elementwise=False, symmetrize=False,
+                dtype="float64")
+    trainer = Trainer(cfg, target=target)
+    source = trainer.pi_source
+    source.x = target.sample_reference(cfg.batch, seed=3)[0].to(torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    exact = torch.as_tensor(target.covariance, dtype=torch.float64)
+    tolerance = 0.1 * float(exact.diagonal().mean())
+
+    def deviation(x):
+        return float((torch.cov(x.reshape(cfg.batch, -1).T) - exact).abs().max())
+
+    for _ in range(6):
+        with torch.no_grad():
+            z, _ = trainer.flow.hierarchy.renormalize(source.x)
+            for p in trainer.flow.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+            dragged, _ = trainer.flow.hierarchy.generate(z)
+        x = source.draw(trainer.flow, target, cfg.batch)
+        assert source.acceptance > 0.5
+        assert deviation(x) < tolerance
+    assert deviation(dragged) > 2 * tolerance

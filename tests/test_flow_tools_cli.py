@@ -295,6 +295,9 @@ def test_estimate_methods_report_value_error_diagnostics_and_a_verdict(cli, run,
     assert abs(summary["deviation_sigma"]) < 5 or not summary["trusted"], summary["verdict"]
     if method == "bridge":
         assert {"forward_ess_fraction", "reverse_ess_fraction", "forward_pareto_k", "pi_source"} <= set(summary)
+    if method == "smc":
+        assert len(summary["ln_z_replicas"]) == 4 and summary["pilot_temperatures"] >= 1
+        assert all(0 < f <= 1 for f in summary["final_ess_fraction"]) and max(summary["final_ess_fraction"]) > 0.05
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -313,6 +316,10 @@ def test_a_verdict_names_the_diagnostic_that_failed():
     assert verdict("is", {"ess": 1000, "pareto_k": 0.2, "ln_z_error": 0.1}) == (True, "no diagnostic failed")
     ok, line = verdict("is", {"ess": 50, "pareto_k": 0.9, "ln_z_error": 0.1})
     assert not ok and "Pareto k = 0.90" in line and "only 50 effective samples" in line
+    # plain importance sampling needs 1000 effective samples, annealed importance sampling 200
+    ok, line = verdict("is", {"ess": 500, "pareto_k": 0.3, "ln_z_error": 0.1})
+    assert not ok and "only 500 effective samples (< 1000" in line
+    assert verdict("ais", {"ess": 500, "pareto_k": 0.3, "ln_z_error": 0.1})[0]
     ok, line = verdict("bridge", {"forward_ess": 20, "reverse_ess": 5000, "ln_z_error": 0.1})
     assert ok and "only 20 effective samples in the forward direction" in line
     ok, line = verdict("bridge", {"forward_ess": 20, "reverse_ess": 7, "ln_z_error": 0.1})

@@ -121,6 +121,8 @@ def test_non_finite_loss_stops_training_and_keeps_last_checkpoint(tmp_path, obje
         ({"L": 2, "arch": "tebd", "depth": 3}, "depth = 1"),
         ({"kernel": 2}, "kernel must be an odd integer"),
         ({"kernel": 3, "shared": False}, "kernel must be 1 when shared = false"),
+        ({"spline_bins": 1}, "spline_bins must be 0"),
+        ({"spline_bins": -3}, "spline_bins must be 0"),
         ({"device": "cuda:0"} if not torch.cuda.is_available() else {"device": "tpu"}, "device"),
     ],
 )
@@ -142,6 +144,26 @@ def test_convolutional_conditioners_train_and_resume_to_the_same_numbers(tmp_pat
     for a, b in zip(straight.flow.parameters(), resumed.flow.parameters()):
         assert torch.equal(a, b)
     assert any(p.dim() == 4 for p in straight.flow.parameters())  # 2D convolution weights
+
+
+def test_spline_couplings_train_resume_and_grow_to_the_same_numbers(tmp_path):
+    cfg = FlowTrainConfig(L=4, steps=6, batch=16, spline_bins=4, **SMALL)
+    straight = Trainer(cfg)
+    straight.train()
+    first = Trainer(cfg)
+    first.train(until=3)
+    first.save(tmp_path / "ck.pt")
+    resumed = Trainer(cfg)
+    resumed.load(tmp_path / "ck.pt")
+    resumed.train()
+    for a, b in zip(straight.flow.parameters(), resumed.flow.parameters()):
+        assert torch.equal(a, b)
+    assert straight.history[-1]["loss"] < straight.history[0]["loss"]
+    larger = Trainer(FlowTrainConfig(L=8, steps=6, batch=16, spline_bins=4, **SMALL))
+    larger.flow.hierarchy.initialize_from(straight.flow.hierarchy)
+    with pytest.raises(ValueError, match="spline bins"):
+        Trainer(FlowTrainConfig(L=8, steps=6, batch=16, spline_bins=6, **SMALL)).flow.hierarchy.initialize_from(
+            straight.flow.hierarchy)
 
 
 def test_unknown_config_key_is_named(tmp_path):

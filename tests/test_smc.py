@@ -81,7 +81,9 @@ def test_adaptive_ladder_ends_exactly_at_one_with_the_set_cess(fraction):
     calls = []
     res = smc_from_gaussian(DoubleWell(), 1.0, 256, 2, cess_fraction=fraction, resample_below=0.6, seed=2,
                             callback=lambda b, t: calls.append((b, t)))
-    for r in res.replicas:
+    assert res.pilot is not None
+    runs = [res.pilot, *res.replicas]
+    for r in runs:
         t = r.n_temperatures
         assert r.betas[0] == 0.0 and r.betas[-1] == 1.0 and len(r.betas) == t + 1
         assert bool((torch.diff(r.betas) > 0).all())
@@ -89,9 +91,31 @@ def test_adaptive_ladder_ends_exactly_at_one_with_the_set_cess(fraction):
         assert r.cess[-1] >= fraction - 1e-12
         assert torch.equal(r.resampled, r.ess < 0.6) and r.final_ess == float(r.ess[-1])
         assert r.acceptance.shape == r.step_sizes.shape == (t - 1, 3) and r.cpu_seconds > 0
-    assert [t for _, t in calls] == [*range(1, res.n_temperatures[0] + 1), *range(1, res.n_temperatures[1] + 1)]
-    assert [b for b, _ in calls] == res.replicas[0].betas[1:].tolist() + res.replicas[1].betas[1:].tolist()
+    assert [t for _, t in calls] == [t for r in runs for t in range(1, r.n_temperatures + 1)]
+    assert [b for b, _ in calls] == [b for r in runs for b in r.betas[1:].tolist()]
     assert (res.n_temperatures[0] > 15) == (fraction > 0.9)
+
+
+def test_replicas_move_with_the_step_sizes_of_the_pilot_frozen():
+    """The pilot adapts its step after every move; the replicas take, at each temperature, the
+    step the pilot used at its last temperature at or below it, and keep it for all their moves."""
+    res = smc_from_gaussian(DoubleWell(), 1.0, 128, 2, seed=4)
+    pilot_betas = res.pilot.betas[1:1 + len(res.pilot.step_sizes)]
+    assert len(set(res.pilot.step_sizes.flatten().tolist())) > 3
+    for r in res.replicas:
+        for b, steps in zip(r.betas[1:].tolist(), r.step_sizes):
+            j = max(0, int((pilot_betas <= b).sum()) - 1)
+            assert torch.equal(steps, torch.full_like(steps, float(res.pilot.step_sizes[j, 0])))
+    adaptive = smc_from_gaussian(DoubleWell(), 1.0, 128, 2, seed=4, pilot=False)
+    assert adaptive.pilot is None and len(set(adaptive.replicas[0].step_sizes.flatten().tolist())) > 3
+
+
+def test_replicas_combine_as_the_log_of_their_mean_partition_function():
+    res = smc_from_gaussian(DoubleWell(), 1.0, 64, 4, seed=5)
+    values = res.ln_z_replicas
+    assert math.isclose(res.ln_z.mean, float(torch.logsumexp(values, 0)) - math.log(4), rel_tol=0, abs_tol=1e-12)
+    z = torch.exp(values)
+    assert math.isclose(res.ln_z.error, float(z.std() / (2 * z.mean())), rel_tol=1e-12)
 
 
 def test_same_seed_same_numbers_and_replicas_do_not_depend_on_their_number():
@@ -140,13 +164,15 @@ def test_bad_settings_are_one_line_errors(kwargs, needle):
 
 def test_flow_path_agrees_with_the_exact_relaxed_ising_ln_z():
     """A flow trained for 150 steps on 4x4 at K_c keeps ~15% of its importance samples; SMC in its
-    latent space recovers the exact ln Z (Kaufman) within 3 sigma."""
+    latent space, with the 256 particles per replica the docs ask for (64 are biased low by
+    O(1/N), ``tests/test_estimator_coverage.py``), recovers the exact ln Z (Kaufman) within 3
+    sigma."""
     from deeprg.flows.train import FlowTrainConfig, Trainer
 
     t = Trainer(FlowTrainConfig(L=4, steps=150, batch=64, threads=1))
     t.train()
-    res = smc_from_flow(t.flow, t.target, 64, 8, n_leapfrog=3, seed=0)
-    assert abs(res.ln_z.mean - t.target.exact_ln_z) < 3 * res.ln_z.error and res.ln_z.error < 0.1
+    res = smc_from_flow(t.flow, t.target, 256, 8, n_leapfrog=3, seed=0)
+    assert abs(res.ln_z.mean - t.target.exact_ln_z) < 3 * res.ln_z.error and res.ln_z.error < 0.05
     assert 0.4 < res.acceptance < 0.9 and all(r.betas[-1] == 1.0 for r in res.replicas)
     with pytest.raises(ValueError, match="flow's device"):
         smc_from_flow(t.flow, t.target, 64, 8, device="cpu")

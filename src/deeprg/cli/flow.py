@@ -32,6 +32,14 @@ def odd_kernel(value: str) -> int:
     return k
 
 
+def spline_bins(value: str) -> int:
+    """argparse type: 0 or an integer >= 2."""
+    k = int_at_least(0)(value)
+    if k == 1:
+        raise argparse.ArgumentTypeError("must be 0 (affine) or an integer >= 2, got 1")
+    return k
+
+
 OPTIONS = [
     Option("L", ("--L",), "linear size, a power of two", {"type": int_at_least(2)}),
     Option("d", ("--d",), "dimension", {"type": int, "choices": (1, 2)}),
@@ -48,6 +56,8 @@ OPTIONS = [
     Option("hidden", ("--hidden",), "hidden widths of the coupling MLPs", {"type": int_at_least(1), "nargs": "+"}),
     Option("kernel", ("--kernel",), "conditioner reach: 1 = an MLP on each block alone (the paper), odd k > 1 = a "
            "k^d convolution over neighbouring blocks", {"type": odd_kernel}),
+    Option("spline_bins", ("--spline-bins",), "0 = affine couplings (the paper); K >= 2 = a rational-quadratic "
+           "spline of K bins in each coupling", {"type": spline_bins}),
     Option("n_couplings", ("--couplings",), "affine couplings per block", {"type": int_at_least(1)}),
     Option("objective", ("--objective",), "reverse KL (Eq. 5), forward KL on samples of pi, or their mixture",
            {"choices": OBJECTIVES}),

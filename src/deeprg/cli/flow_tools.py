@@ -316,12 +316,13 @@ def _estimate_ais(args, trainer, n, gen):
 def _estimate_smc(args, trainer, n, gen):
     from deeprg.flows.smc import smc_from_flow
 
-    with _bar(args, f"sequential Monte Carlo ({args.replicas} replicas)", "temperature") as bar:
+    with _bar(args, f"sequential Monte Carlo (a pilot run, then {args.replicas} replicas)", "temperature") as bar:
         est = smc_from_flow(trainer.flow, trainer.target, n, args.replicas, n_leapfrog=args.leapfrog,
                             seed=args.seed, callback=lambda b, t: bar.update(1))
     return est.ln_z, {"replicas": args.replicas, "acceptance": est.acceptance}, {
         "replicas": args.replicas, "ln_z_replicas": est.ln_z_replicas.tolist(),
-        "temperatures": list(est.n_temperatures), "final_ess_fraction": (est.final_ess / n).tolist(),
+        "temperatures": list(est.n_temperatures), "pilot_temperatures": est.pilot.n_temperatures,
+        "final_ess_fraction": est.final_ess.tolist(),
         "acceptance": est.acceptance, "leapfrog": args.leapfrog}
 
 

@@ -20,8 +20,16 @@ affine coupling updates a subset ``b`` of a block's variables given the rest ``a
 
     renormalize:  z_b = x_b * exp(s(x_a)) + t(x_a),     generate:  x_b = (z_b - t(z_a)) * exp(-s(z_a)),
 
-with ``s = s_max * tanh(raw / s_max)``, a smooth bound on the log-scale. ``s`` and ``t`` come from
-one small MLP per coupling, either shared by all blocks of the layer (translation invariance) or
+with ``s = s_max * tanh(raw / s_max)``, a smooth bound on the log-scale. With ``spline_bins = K >
+0`` each updated variable first goes through a monotone rational-quadratic spline ``r`` of ``K``
+bins on ``[-B, B]`` (identity outside; Durkan, Bekasov, Murray & Papamakarios, "Neural spline
+flows", NeurIPS 2019, Eqs. 4-8), whose knots and slopes are conditioned like ``s`` and ``t``::
+
+    renormalize:  z_b = r(x_b; x_a) * exp(s(x_a)) + t(x_a),   generate:  x_b = r^-1((z_b - t) exp(-s); z_a),
+
+``r^-1`` in closed form (the root of a quadratic), so a coupling can reshape a conditional into
+two peaks, which an affine map cannot; the log-det gains ``sum ln r'``. ``s``, ``t`` (and the
+spline's parameters) come from one small MLP per coupling, either shared by all blocks of the layer (translation invariance) or
 one per block. The last MLP layer starts at zero, so a fresh bijector is the identity. With
 ``kernel = k > 1`` (shared weights only) the conditioner is convolutional instead: the blocks sit on
 a periodic grid, and the first layer is a ``k^d`` circular convolution over it, so the update of
@@ -61,7 +69,67 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BlockRealNVP", "CirculantLinear", "OddMonotone", "coupling_partitions"]
+__all__ = ["BlockRealNVP", "CirculantLinear", "OddMonotone", "coupling_partitions", "rational_quadratic_spline"]
+
+#: Smallest bin width and height, as a fraction of ``2 B``, and smallest knot slope of a spline.
+SPLINE_MIN_BIN, SPLINE_MIN_SLOPE = 1e-3, 1e-3
+#: ``softplus(SPLINE_SLOPE_SHIFT) = 1 - SPLINE_MIN_SLOPE``: zero raw parameters give the identity.
+SPLINE_SLOPE_SHIFT = math.log(math.expm1(1.0 - SPLINE_MIN_SLOPE))
+
+
+def rational_quadratic_spline(x: Tensor, widths: Tensor, heights: Tensor, slopes: Tensor, bound: float,
+                              inverse: bool = False) -> tuple[Tensor, Tensor]:
+    """Monotone rational-quadratic spline on ``[-bound, bound]``, the identity outside (Durkan et
+    al. 2019, Eqs. 4-8; slopes 1 at both ends, so it joins the identity smoothly).
+
+    ``x`` ``(...)``; raw parameters ``widths``, ``heights`` ``(..., K)`` and ``slopes`` ``(..., K - 1)``
+    (interior knots): bin widths and heights are ``softmax`` fractions of ``2 bound`` (at least
+    :data:`SPLINE_MIN_BIN` of it), slopes ``softplus(raw + SPLINE_SLOPE_SHIFT) + SPLINE_MIN_SLOPE``,
+    so all-zero parameters give the identity. Returns ``(r(x), ln r'(x))``, or with ``inverse``
+    ``(r^-1(x), ln (r^-1)'(x))``, both of shape ``(...)``."""
+    k = widths.shape[-1]
+
+    def knots(raw: Tensor) -> tuple[Tensor, Tensor]:
+        size = SPLINE_MIN_BIN + (1 - SPLINE_MIN_BIN * k) * torch.softmax(raw, dim=-1)
+        edges = nn.functional.pad(torch.cumsum(size, dim=-1), (1, 0))
+        edges = 2 * bound * edges - bound
+        end = torch.full_like(edges[..., :1], bound)
+        edges = torch.cat([-end, edges[..., 1:-1], end], dim=-1)  # ends exact despite rounding
+        return edges, edges[..., 1:] - edges[..., :-1]
+
+    xs, w = knots(widths)
+    ys, h = knots(heights)
+    d = nn.functional.softplus(slopes + SPLINE_SLOPE_SHIFT) + SPLINE_MIN_SLOPE
+    d = nn.functional.pad(d, (1, 1), value=1.0)
+    inside = (x > -bound) & (x < bound)
+    xc = x.clamp(-bound, bound)
+    edges = ys if inverse else xs
+    index = ((xc.unsqueeze(-1) >= edges[..., 1:-1]).sum(-1, keepdim=True))
+
+    def pick(t: Tensor) -> Tensor:
+        return torch.gather(t, -1, index).squeeze(-1)
+
+    x_k, w_k, y_k, h_k, d_k, d_k1 = pick(xs[..., :-1]), pick(w), pick(ys[..., :-1]), pick(h), pick(d[..., :-1]), \
+        pick(d[..., 1:])
+    slope = h_k / w_k
+    if inverse:
+        dy = xc - y_k
+        c_mix = d_k1 + d_k - 2 * slope
+        a = h_k * (slope - d_k) + dy * c_mix
+        b = h_k * d_k - dy * c_mix
+        c = -slope * dy
+        xi = (2 * c) / (-b - torch.sqrt((b * b - 4 * a * c).clamp_min(0)))
+    else:
+        xi = (xc - x_k) / w_k
+    mix = xi * (1 - xi)
+    denominator = slope + (d_k1 + d_k - 2 * slope) * mix
+    log_slope = (2 * torch.log(slope) + torch.log(d_k1 * xi * xi + 2 * slope * mix + d_k * (1 - xi) ** 2)
+                 - 2 * torch.log(denominator))
+    if inverse:
+        out, log_slope = xi * w_k + x_k, -log_slope
+    else:
+        out = y_k + h_k * (slope * xi * xi + d_k * mix) / denominator
+    return torch.where(inside, out, x), torch.where(inside, log_slope, torch.zeros_like(log_slope))
 
 
 def coupling_partitions(k: int, n_couplings: int) -> list[tuple[list[int], list[int]]]:
@@ -166,6 +234,9 @@ class BlockRealNVP(nn.Module):
     hidden: hidden widths of each coupling's MLP.
     shared: share weights across the blocks of the layer (translation invariance).
     s_max: bound on each log-scale, ``|s| < s_max``.
+    grid, kernel: the blocks' periodic grid and the conditioner reach (module docstring).
+    spline_bins: 0 = affine couplings (Li & Wang); ``K > 0`` = a rational-quadratic spline of ``K``
+        bins on ``[-spline_bound, spline_bound]`` before the affine map of each coupling.
     """
 
     def __init__(
@@ -178,9 +249,17 @@ class BlockRealNVP(nn.Module):
         s_max: float = 2.0,
         grid: tuple[int, ...] | None = None,
         kernel: int = 1,
+        spline_bins: int = 0,
+        spline_bound: float = 5.0,
     ) -> None:
         super().__init__()
         self.k, self.n_blocks, self.s_max = k, n_blocks, float(s_max)
+        if spline_bins < 0 or spline_bins == 1:
+            raise ValueError(f"spline_bins must be 0 (affine) or >= 2, got {spline_bins}")
+        if not spline_bound > 0:
+            raise ValueError(f"spline_bound must be > 0, got {spline_bound}")
+        self.spline_bins, self.spline_bound = int(spline_bins), float(spline_bound)
+        per_variable = 2 + (3 * spline_bins - 1 if spline_bins else 0)
         self.partitions = coupling_partitions(k, n_couplings)
         self.shared = bool(shared)
         if kernel < 1 or kernel % 2 == 0:
@@ -189,28 +268,39 @@ class BlockRealNVP(nn.Module):
             if grid is None or math.prod(grid) != n_blocks or not shared:
                 raise ValueError("a convolutional conditioner (kernel > 1) needs shared weights and the blocks' grid")
             self.nets = nn.ModuleList(
-                _BlockConvNet(len(cond), tuple(hidden), 2 * len(upd), tuple(grid), kernel)
+                _BlockConvNet(len(cond), tuple(hidden), per_variable * len(upd), tuple(grid), kernel)
                 for cond, upd in self.partitions
             )
         else:
             groups = 1 if shared else n_blocks
             self.nets = nn.ModuleList(
-                _GroupedMLP(len(cond), tuple(hidden), 2 * len(upd), groups) for cond, upd in self.partitions
+                _GroupedMLP(len(cond), tuple(hidden), per_variable * len(upd), groups) for cond, upd in self.partitions
             )
 
-    def _scale_shift(self, net: _GroupedMLP, cond: Tensor) -> tuple[Tensor, Tensor]:
+    def _conditioner(self, net: nn.Module, cond: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``s``, ``t`` ``(batch, n_blocks, n_upd)`` and the spline's raw parameters
+        ``(batch, n_blocks, n_upd, 3 K - 1)`` (``None`` for affine couplings)."""
         raw = net(cond)
-        n = raw.shape[-1] // 2
+        n = raw.shape[-1] // (2 + (3 * self.spline_bins - 1 if self.spline_bins else 0))
         s = self.s_max * torch.tanh(raw[..., :n] / self.s_max)
-        return s, raw[..., n:]
+        spline = raw[..., 2 * n:].unflatten(-1, (n, -1)) if self.spline_bins else None
+        return s, raw[..., n:2 * n], spline
+
+    def _spline(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        k = self.spline_bins
+        return rational_quadratic_spline(v, params[..., :k], params[..., k:2 * k], params[..., 2 * k:],
+                                         self.spline_bound, inverse=inverse)
 
     def renormalize(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(batch, n_blocks, k) -> (z, log|det dz/dx|)``; logdet of shape ``(batch,)``."""
         logdet = x.new_zeros(x.shape[0])
         for net, (cond, upd) in zip(self.nets, self.partitions):
-            s, t = self._scale_shift(net, x[..., cond])
-            new = x[..., upd] * torch.exp(s) + t
-            x = _replace(x, upd, new)
+            s, t, spline = self._conditioner(net, x[..., cond])
+            new = x[..., upd]
+            if spline is not None:
+                new, log_slope = self._spline(new, spline, inverse=False)
+                logdet = logdet + log_slope.sum(dim=(1, 2))
+            x = _replace(x, upd, new * torch.exp(s) + t)
             logdet = logdet + s.sum(dim=(1, 2))
         return x, logdet
 
@@ -218,8 +308,11 @@ class BlockRealNVP(nn.Module):
         """``(batch, n_blocks, k) -> (x, log|det dx/dz|)``; logdet of shape ``(batch,)``."""
         logdet = z.new_zeros(z.shape[0])
         for net, (cond, upd) in zip(reversed(self.nets), reversed(self.partitions)):
-            s, t = self._scale_shift(net, z[..., cond])
+            s, t, spline = self._conditioner(net, z[..., cond])
             new = (z[..., upd] - t) * torch.exp(-s)
+            if spline is not None:
+                new, log_slope = self._spline(new, spline, inverse=True)
+                logdet = logdet + log_slope.sum(dim=(1, 2))
             z = _replace(z, upd, new)
             logdet = logdet - s.sum(dim=(1, 2))
         return z, logdet

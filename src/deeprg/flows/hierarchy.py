@@ -128,6 +128,8 @@ class Hierarchy(nn.Module):
     kernel: conditioner reach; 1 = an MLP on each block's own variables (Li & Wang), odd ``k > 1``
         = a ``k^d`` convolution over the layer's grid of blocks (``L / 2^(scale + 1)`` per axis), so
         each coupling also sees the neighbouring blocks' conditioning variables.
+    spline_bins: 0 = affine couplings (Li & Wang); ``K >= 2`` = a rational-quadratic spline of
+        ``K`` bins inside every coupling (:class:`BlockRealNVP`).
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class Hierarchy(nn.Module):
         linear: bool = False,
         elementwise: bool = False,
         kernel: int = 1,
+        spline_bins: int = 0,
     ) -> None:
         super().__init__()
         self.lattice, self.arch = lattice, arch
@@ -149,7 +152,8 @@ class Hierarchy(nn.Module):
         k = 2**lattice.d
         self.layers = nn.ModuleList(
             BlockRealNVP(k, len(s.blocks), n_couplings, tuple(hidden), shared, s_max,
-                         grid=tuple(n // 2 ** (s.scale + 1) for n in lattice.shape), kernel=kernel)
+                         grid=tuple(n // 2 ** (s.scale + 1) for n in lattice.shape), kernel=kernel,
+                         spline_bins=spline_bins)
             for s in self.specs
         )
         self.linear = CirculantLinear(lattice.shape) if linear else None
@@ -221,7 +225,7 @@ class Hierarchy(nn.Module):
             try:
                 layer.load_state_dict(source[(spec.kind, min(spec.scale, same_kind[-1]))].state_dict())
             except RuntimeError as err:
-                raise ValueError(f"block layers differ (couplings, hidden widths or s_max): {err}") from None
+                raise ValueError(f"block layers differ (couplings, hidden widths, spline bins or s_max): {err}") from None
         if self.elementwise is not None:
             self.elementwise.load_state_dict(smaller.elementwise.state_dict())
         if self.linear is not None:

@@ -14,10 +14,14 @@ Samples of ``pi`` come from a :class:`PiSource`:
 * :class:`ReferenceSource`: a target's exact reference sampler
   (:func:`deeprg.models.relaxed.reference_sampler`), drawn in pools of ``pool`` samples; pool
   ``k`` is drawn with seed ``(seed, k)``, so a resumed run redraws exactly the pool it was using;
-* :class:`LatentHMCSource`: persistent HMC chains in the latent space of the *current* flow,
-  targeting ``ln pi(g(z)) + ln|det dg/dz|`` (Eq. 6), run alongside the training as the seed does
-  ("HMC in parallel to the training"). Any target works; the chains follow the flow as it
-  changes, and their state is checkpointed.
+* :class:`LatentHMCSource`: persistent chains of physical fields ``x``, moved by HMC in the
+  latent space of the *current* flow, targeting ``ln pi(g(z)) + ln|det dg/dz|`` (Eq. 6), run
+  alongside the training as the seed does ("HMC in parallel to the training"). Any target works.
+  Each draw maps the chains' fields to latents with the current flow (``z = f(x)``), moves them,
+  and maps back: whatever the flow, that kernel leaves ``pi`` invariant, so chains near ``pi``
+  stay near ``pi`` while the flow changes. (Keeping latent states instead would let every update
+  of the flow drag the chains' fields with it, off ``pi``: forward KL on such chains diverges.)
+  Their state is checkpointed.
 """
 
 from __future__ import annotations
@@ -100,11 +104,12 @@ class ReferenceSource(PiSource):
 
 
 class LatentHMCSource(PiSource):
-    """``n_chains`` persistent HMC chains in the latent space of the current flow; each
-    :meth:`draw` makes ``moves`` HMC transitions of ``n_leapfrog`` leapfrog steps, adapts the step
-    size towards an acceptance of ``target_acceptance`` (multiplicatively, by at most 10% a
-    draw) and returns ``g(z)`` of the chains (``n`` must equal ``n_chains``). Chains start from the
-    flow's prior and are kept in the checkpoint with the step size."""
+    """``n_chains`` persistent chains of fields ``x``; each :meth:`draw` maps them to latents with
+    the current flow, makes ``moves`` HMC transitions of ``n_leapfrog`` leapfrog steps in the
+    latent space, adapts the step size towards an acceptance of ``target_acceptance``
+    (multiplicatively, by at most 10% a draw) and returns the moved fields ``g(z)`` (``n`` must
+    equal ``n_chains``). Chains start from samples of the flow and are kept in the checkpoint
+    with the step size."""
 
     def __init__(self, n_chains: int, moves: int = 1, n_leapfrog: int = 5, step_size: float = 0.1,
                  target_acceptance: float = 0.7, generator: torch.Generator | None = None) -> None:
@@ -116,20 +121,22 @@ class LatentHMCSource(PiSource):
         self.n_chains, self.moves, self.n_leapfrog = n_chains, moves, n_leapfrog
         self.step_size, self.target_acceptance = float(step_size), target_acceptance
         self.generator = generator
-        self.z: Tensor | None = None
+        self.x: Tensor | None = None
         self.acceptance = math.nan
 
     def draw(self, flow: Flow, target, n: int) -> Tensor:
         if n != self.n_chains:
             raise ValueError(f"latent HMC has {self.n_chains} chains; asked for {n} samples")
-        if self.z is None:
-            self.z = flow.sample_latent(self.n_chains, self.generator).detach()
+        with torch.no_grad():
+            if self.x is None:
+                z = flow.sample_latent(self.n_chains, self.generator)
+            else:
+                z, _ = flow.hierarchy.renormalize(self.x)
         log_prob = latent_log_prob(flow, target)
 
         def value_and_grad(z: Tensor) -> tuple[Tensor, Tensor]:
             return log_prob_and_grad(log_prob, z)
 
-        z = self.z
         lp, grad = value_and_grad(z)
         accepted = []
         for _ in range(self.moves):
@@ -143,18 +150,17 @@ class LatentHMCSource(PiSource):
             accepted.append(float(prob.mean()))
         self.acceptance = sum(accepted) / len(accepted)
         self.step_size *= math.exp(max(-0.1, min(0.1, self.acceptance - self.target_acceptance)))
-        self.z = z.detach()
         with torch.no_grad():
-            x, _ = flow.hierarchy.generate(self.z)
-        return x
+            self.x, _ = flow.hierarchy.generate(z.detach())
+        return self.x
 
     def state_dict(self) -> dict:
-        return {"z": torch.empty(0) if self.z is None else self.z.cpu(), "step_size": self.step_size,
+        return {"x": torch.empty(0) if self.x is None else self.x.cpu(), "step_size": self.step_size,
                 "generator": self.generator.get_state() if self.generator is not None else torch.empty(0)}
 
     def load_state_dict(self, state: dict) -> None:
         ref = self.generator.device if self.generator is not None else "cpu"
-        self.z = None if state["z"].numel() == 0 else state["z"].to(ref)
+        self.x = None if state["x"].numel() == 0 else state["x"].to(ref)
         self.step_size = float(state["step_size"])
         if self.generator is not None and state["generator"].numel():
             self.generator.set_state(state["generator"])

@@ -58,8 +58,8 @@ __all__ = [
 ]
 
 #: Config keys that define the model; a checkpoint is usable only if they all agree.
-MODEL_KEYS = ("L", "d", "beta", "min_eigenvalue", "arch", "depth", "n_couplings", "hidden", "kernel", "shared",
-              "s_max", "linear", "elementwise", "symmetrize", "dtype")
+MODEL_KEYS = ("L", "d", "beta", "min_eigenvalue", "arch", "depth", "n_couplings", "hidden", "kernel", "spline_bins",
+              "shared", "s_max", "linear", "elementwise", "symmetrize", "dtype")
 #: Format of a checkpoint file.
 CHECKPOINT_FORMAT = "deeprg.flow-checkpoint/1"
 #: Entries of a checkpoint (besides ``format``) and their types.
@@ -88,6 +88,9 @@ class FlowTrainConfig:
     #: Coupling conditioners: 1 = an MLP on the block's own variables (Li & Wang); an odd k > 1 =
     #: a k^d convolution over the grid of blocks, so each block also sees its neighbours.
     kernel: int = 1
+    #: 0 = affine couplings (Li & Wang); K >= 2 = a rational-quadratic spline of K bins in each
+    #: coupling (Durkan et al. 2019), which can bend a conditional into two peaks.
+    spline_bins: int = 0
     shared: bool = True
     s_max: float = 2.0
     linear: bool = True
@@ -140,6 +143,7 @@ class FlowTrainConfig:
         need(self, len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden",
              "a non-empty list of integers >= 1")
         need(self, self.kernel >= 1 and self.kernel % 2 == 1, "kernel", "an odd integer >= 1")
+        need(self, self.spline_bins == 0 or self.spline_bins >= 2, "spline_bins", "0 (affine) or an integer >= 2")
         need(self, self.kernel == 1 or self.shared, "kernel", "1 when shared = false (a convolution shares weights)")
         need(self, self.s_max > 0, "s_max", "> 0")
         need(self, self.min_eigenvalue > 0, "min_eigenvalue", "a finite number > 0")
@@ -202,7 +206,7 @@ def build_target(cfg: FlowTrainConfig) -> RelaxedIsing:
 def build_flow(cfg: FlowTrainConfig) -> Flow:
     hierarchy = Hierarchy(
         Lattice.square(cfg.L, cfg.d), cfg.arch, cfg.depth, cfg.n_couplings, tuple(cfg.hidden),
-        cfg.shared, cfg.s_max, cfg.linear, cfg.elementwise, cfg.kernel,
+        cfg.shared, cfg.s_max, cfg.linear, cfg.elementwise, cfg.kernel, cfg.spline_bins,
     )
     return Flow(hierarchy, cfg.symmetrize)
 

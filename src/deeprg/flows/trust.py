@@ -10,7 +10,16 @@ weights, ``benchmarks/results/hmc.md``), but a failed one makes it untrustworthy
   sampling", JMLR 25 (2024)): above 0.7 the variance of the weights is effectively infinite and
   the error bar means nothing.
 * **Effective sample size**: fewer than :data:`MIN_ESS` effective samples make the delta-method and
-  jackknife errors unreliable.
+  jackknife errors unreliable. Plain importance sampling needs :data:`MIN_IS_ESS`: its weights
+  typically have a tail index between 0.5 and 0.7, i.e. infinite variance, so the sample variance
+  is usually too small, and the sample that drew no large weight is the one with the lowest
+  estimate, the smallest error *and* the healthiest-looking diagnostics (its fitted ``k`` is low
+  too). Measured on the undertrained 4x4 flow of ``tests/test_estimator_coverage.py`` (60-80
+  seeds each): of the estimates with ``k <= 0.7`` and at least 200 effective samples, 79 % of
+  intervals covered the exact ``ln Z`` with 10,000 samples (median ESS 170), 83 % with 30,000
+  (ESS 430), 95 % with 100,000 (ESS 1,200); requiring 1,000 effective samples, 92 % with
+  100,000 and none trusted below. Annealed importance sampling, whose weights are light-tailed,
+  keeps :data:`MIN_ESS`.
 * **Bridge sampling**: the overlap of ``q`` and ``pi`` is measured from both sides. The optimal
   bridge is asymptotically at least as precise as the better of the two importance-sampling
   directions (Meng & Wong 1996, Sec. 3), so it fails only when *both* directions have fewer than
@@ -27,12 +36,14 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["MAX_PARETO_K", "MIN_ACCEPTANCE", "MIN_ESS", "MIN_REPLICAS", "verdict"]
+__all__ = ["MAX_PARETO_K", "MIN_ACCEPTANCE", "MIN_ESS", "MIN_IS_ESS", "MIN_REPLICAS", "verdict"]
 
 #: Largest trusted Pareto tail index of importance weights.
 MAX_PARETO_K = 0.7
 #: Fewest effective samples for a trusted error bar.
 MIN_ESS = 200
+#: Fewest effective samples for a trusted plain importance-sampling error bar (module docstring).
+MIN_IS_ESS = 1000
 #: Fewest independent replicas for an SMC error bar.
 MIN_REPLICAS = 4
 #: Lowest trusted mean HMC acceptance.
@@ -55,8 +66,10 @@ def verdict(method: str, diagnostics: dict) -> tuple[bool, str]:
         k, ess = diagnostics.get("pareto_k"), diagnostics.get("ess")
         if not _bad(k) and k > MAX_PARETO_K:
             problems.append(f"heavy-tailed weights (Pareto k = {k:.2f} > {MAX_PARETO_K})")
-        if _bad(ess) or ess < MIN_ESS:
-            problems.append(f"only {ess:.0f} effective samples (< {MIN_ESS})")
+        least = MIN_IS_ESS if method == "is" else MIN_ESS
+        if _bad(ess) or ess < least:
+            problems.append(f"only {ess:.0f} effective samples (< {least}"
+                            + (": plain importance weights need more, see deeprg.flows.trust)" if method == "is" else ")"))
     elif method == "bridge":
         poor = [f"{diagnostics.get(f'{side}_ess', float('nan')):.0f} effective samples in the {side} direction"
                 for side in ("forward", "reverse")
