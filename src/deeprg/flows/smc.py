@@ -46,7 +46,8 @@ fixed before the move) but correlates it with the particles, which biases ``ln Z
 ``eps(b)`` (the step it used at its last temperature ``<= b``) for all ``R`` replicas instead.
 Measured on the undertrained 4x4 flow of ``tests/test_estimator_coverage.py`` with 64 particles:
 160 replicas adapting their own steps were low by 0.040(12), with steps fixed by hand by
-0.014(12)-0.023(13), of which the Jensen bias below is 0.011-0.013.
+0.014(12)-0.023(13), of which the Jensen bias below is 0.011-0.013; with the pilot and the
+combination below, 38 of 40 estimates cover the exact ln Z, against 33 before.
 
 Combining replicas. One run's ``Z`` (the product of the mean incremental weights) is unbiased for
 a fixed ladder; its ``ln Z`` is biased low by about ``Var(ln Z) / 2`` (Jensen). The ``R``
