@@ -131,23 +131,9 @@ def test_bad_config_is_rejected_with_its_name(overrides, match):
         FlowTrainConfig(**overrides)
 
 
-def test_convolutional_conditioners_train_and_resume_to_the_same_numbers(tmp_path):
-    cfg = FlowTrainConfig(L=4, steps=6, batch=16, kernel=3, **SMALL)
-    straight = Trainer(cfg)
-    straight.train()
-    first = Trainer(FlowTrainConfig(L=4, steps=6, batch=16, kernel=3, **SMALL))
-    first.train(until=3)
-    first.save(tmp_path / "ck.pt")
-    resumed = Trainer(cfg)
-    resumed.load(tmp_path / "ck.pt")
-    resumed.train()
-    for a, b in zip(straight.flow.parameters(), resumed.flow.parameters()):
-        assert torch.equal(a, b)
-    assert any(p.dim() == 4 for p in straight.flow.parameters())  # 2D convolution weights
-
-
-def test_spline_couplings_train_resume_and_grow_to_the_same_numbers(tmp_path):
-    cfg = FlowTrainConfig(L=4, steps=6, batch=16, spline_bins=4, **SMALL)
+def trained_straight_and_resumed(cfg: FlowTrainConfig, tmp_path) -> Trainer:
+    """Train ``cfg`` straight through, and again stopped at step 3, saved and resumed; assert the
+    two end with equal parameters and return the straight one."""
     straight = Trainer(cfg)
     straight.train()
     first = Trainer(cfg)
@@ -158,6 +144,17 @@ def test_spline_couplings_train_resume_and_grow_to_the_same_numbers(tmp_path):
     resumed.train()
     for a, b in zip(straight.flow.parameters(), resumed.flow.parameters()):
         assert torch.equal(a, b)
+    return straight
+
+
+def test_convolutional_conditioners_train_and_resume_to_the_same_numbers(tmp_path):
+    straight = trained_straight_and_resumed(FlowTrainConfig(L=4, steps=6, batch=16, kernel=3, **SMALL), tmp_path)
+    assert any(p.dim() == 4 for p in straight.flow.parameters())  # 2D convolution weights
+
+
+def test_spline_couplings_train_resume_and_grow_to_the_same_numbers(tmp_path):
+    straight = trained_straight_and_resumed(FlowTrainConfig(L=4, steps=6, batch=16, spline_bins=4, **SMALL),
+                                            tmp_path)
     assert straight.history[-1]["loss"] < straight.history[0]["loss"]
     larger = Trainer(FlowTrainConfig(L=8, steps=6, batch=16, spline_bins=4, **SMALL))
     larger.flow.hierarchy.initialize_from(straight.flow.hierarchy)
