@@ -11,7 +11,8 @@ import torch
 from deeprg import Lattice
 from deeprg.mc import make_sampler
 from deeprg.models.ising import K_C
-from deeprg.rsrg.mcrg import MCRGAccumulator, leading_exponent, mcrg, run_mcrg
+from deeprg.rsrg.mcrg import REFERENCE_EXPONENTS, MCRGAccumulator, leading_exponent, mcrg, run_mcrg
+from deeprg.rsrg.operators import operator_set
 from deeprg.rsrg.transforms import Decimation, MajorityRule, RBMProjector
 
 torch.set_num_threads(1)
@@ -53,6 +54,31 @@ def test_linear_map_gives_its_transpose(rng):
     assert all(e.mean == pytest.approx(2.0, abs=1e-9) for e in result.y_t[0])
     assert all(e.mean == pytest.approx(1.875, abs=1e-9) for e in result.y_h[0])
     assert result.n_configurations == 640 and len(result.y_t[0]) == 7 and len(result.y_h[0]) == 4
+
+
+def test_linear_map_in_3d_gives_its_transpose_with_the_3d_operator_counts(rng):
+    """The 3D accumulator (8 even, 6 odd operators) on level values related by a known lower
+    triangular map: T = C^T for every N_c, and the leading eigenvalues give y_t = 1/nu and
+    y_h = 3 - Delta_sigma of the 3D Ising model exactly."""
+    ops = operator_set(3)
+    n_even, n_odd = len(ops.even), len(ops.odd)
+    y_t, y_h = REFERENCE_EXPONENTS[3]["y_t"], REFERENCE_EXPONENTS[3]["y_h"]
+    even = np.tril(rng.normal(size=(n_even, n_even)), -1) + np.diag([2**y_t] + list(rng.uniform(0.1, 2.5, n_even - 1)))
+    odd = np.tril(rng.normal(size=(n_odd, n_odd)), -1) + np.diag([2**y_h] + list(rng.uniform(0.1, 4.0, n_odd - 1)))
+    coarse = rng.normal(size=(800, n_even + n_odd)) * np.arange(1, n_even + n_odd + 1)
+    fine = np.concatenate([coarse[:, :n_even] @ even.T, coarse[:, n_even:] @ odd.T], axis=1)
+    acc = MCRGAccumulator(800, levels=1, n_blocks=8, d=3)
+    acc.add(np.stack([fine, coarse], axis=1))
+    for n_c in range(1, n_even + 1):
+        assert np.allclose(acc.rg_matrix(1, "even", n_c), even[:n_c, :n_c].T, atol=1e-8)
+    for n_c in range(1, n_odd + 1):
+        assert np.allclose(acc.rg_matrix(1, "odd", n_c), odd[:n_c, :n_c].T, atol=1e-8)
+    result = acc.result("linear")
+    assert len(result.y_t[0]) == n_even and len(result.y_h[0]) == n_odd and result.to_dict()["d"] == 3
+    assert all(e.mean == pytest.approx(y_t, abs=1e-9) for e in result.y_t[0])
+    assert all(e.mean == pytest.approx(y_h, abs=1e-9) for e in result.y_h[0])
+    with pytest.raises(ValueError, match=r"shape \(batch, 2, 14\)"):
+        acc.add(np.zeros((1, 2, 11)))
 
 
 def test_leading_exponent_takes_the_largest_real_eigenvalue():

@@ -1,10 +1,20 @@
 """MCRG operators: total lattice sums against direct loops over sites."""
 
+from itertools import permutations, product
+
 import numpy as np
 import pytest
 
 from deeprg import Lattice
-from deeprg.rsrg.operators import EVEN_OPERATORS, ODD_OPERATORS, operator_sums
+from deeprg.rsrg import operators as operators_module
+from deeprg.rsrg.operators import (
+    EVEN_OPERATORS,
+    ODD_OPERATORS,
+    Operator,
+    OperatorSet,
+    operator_set,
+    operator_sums,
+)
 
 
 def direct_sums(s: np.ndarray) -> list[int]:
@@ -62,3 +72,197 @@ def test_ordered_state_and_parity(rng):
 def test_bad_shape():
     with pytest.raises(ValueError, match="shape"):
         operator_sums(np.ones((8, 8), dtype=np.int8))
+
+
+# --- generated operators, 2D reference table and 3D set ----------------------------------------
+
+#: The hand-written 2D table the generated operators replace (names, order and shapes).
+_SQUARE = ((0, 0), (1, 0), (0, 1), (1, 1))
+REFERENCE_2D = (
+    ("nn", [((0, 0), (1, 0)), ((0, 0), (0, 1))]),
+    ("nnn", [((0, 0), (1, 1)), ((0, 0), (1, -1))]),
+    ("plaquette", [_SQUARE]),
+    ("third", [((0, 0), (2, 0)), ((0, 0), (0, 2))]),
+    ("2-1", [((0, 0), (2, 1)), ((0, 0), (2, -1)), ((0, 0), (1, 2)), ((0, 0), (-1, 2))]),
+    ("diamond", [((1, 0), (0, 1), (-1, 0), (0, -1))]),
+    ("2-2", [((0, 0), (2, 2)), ((0, 0), (2, -2))]),
+    ("magnetization", [((0, 0),)]),
+    ("corner3", [tuple(o for o in _SQUARE if o != left_out) for left_out in _SQUARE]),
+    ("line3", [((-1, 0), (0, 0), (1, 0)), ((0, -1), (0, 0), (0, 1))]),
+    ("diagonal3", [((-1, -1), (0, 0), (1, 1)), ((-1, 1), (0, 0), (1, -1))]),
+)
+
+
+def modulo_translation(shape):
+    """Sorted offsets with the lexicographically smallest one at the origin."""
+    low = min(shape)
+    return tuple(sorted(tuple(c - m for c, m in zip(o, low)) for o in shape))
+
+
+def test_generated_2d_operators_equal_the_hand_written_table():
+    ops = EVEN_OPERATORS + ODD_OPERATORS
+    assert [op.name for op in ops] == [name for name, _ in REFERENCE_2D]
+    for op, (name, shapes) in zip(ops, REFERENCE_2D):
+        got = sorted(modulo_translation(s) for s in op.shapes)
+        assert got == sorted(modulo_translation(s) for s in shapes), name
+        assert len(set(got)) == len(got), name
+    assert [len(op.shapes) for op in EVEN_OPERATORS] == [2, 2, 1, 2, 4, 1, 2]
+    assert [len(op.shapes) for op in ODD_OPERATORS] == [1, 4, 2, 2]
+    two = operator_set(2)
+    assert two.even == EVEN_OPERATORS and two.odd == ODD_OPERATORS and two.all == ops and two.d == 2
+
+
+def test_operator_sets_reach_and_min_extent():
+    for d in (2, 3):
+        ops = operator_set(d)
+        assert isinstance(ops, OperatorSet) and ops.d == d and ops.all == ops.even + ops.odd
+        assert ops.reach == 2 and ops.min_extent == 4
+        assert all(op.d == d for op in ops.all)
+        assert ops.all[0].name == "nn" and ops.odd[0].name == "magnetization"
+    assert len(operator_set(3).even) >= 7 and len(operator_set(3).odd) >= 4
+
+
+def test_3d_shape_counts_and_parities():
+    ops = operator_set(3)
+    counts = {op.name: len(op.shapes) for op in ops.all}
+    assert counts == {"nn": 3, "nnn": 6, "1-1-1": 4, "2-0-0": 3, "plaquette": 3, "2-1-0": 12, "tetrahedron": 2,
+                      "2-2-0": 6, "magnetization": 1, "corner3": 12, "line3": 3, "diagonal3": 6, "triangle3": 8,
+                      "body3": 4}
+    assert [op.parity for op in ops.even] == [1] * len(ops.even)
+    assert [op.parity for op in ops.odd] == [-1] * len(ops.odd)
+    for op in ops.all:  # every shape once: distinct modulo translation, and each one has the same size
+        canon = {modulo_translation(s) for s in op.shapes}
+        assert len(canon) == len(op.shapes) and len({len(s) for s in op.shapes}) == 1
+    up = np.ones((1, 4, 5, 6), dtype=np.int8)
+    assert operator_sums(up)[0].tolist() == [120 * len(op.shapes) for op in ops.all]
+
+
+def _unit(i):
+    return tuple(int(i == j) for j in range(3))
+
+
+def _add(*vs):
+    return tuple(sum(c) for c in zip(*vs))
+
+
+#: 3D shapes written out by hand (independent of the orbit generator).
+_PLAQUETTES_3D = [[(0, 0, 0), _unit(a), _unit(b), _add(_unit(a), _unit(b))] for a, b in ((0, 1), (0, 2), (1, 2))]
+EXPLICIT_3D = {
+    "nn": [((0, 0, 0), _unit(i)) for i in range(3)],
+    "nnn": [((0, 0, 0), o) for o in ((1, 1, 0), (1, -1, 0), (1, 0, 1), (1, 0, -1), (0, 1, 1), (0, 1, -1))],
+    "1-1-1": [((0, 0, 0), o) for o in ((1, 1, 1), (1, 1, -1), (1, -1, 1), (1, -1, -1))],
+    "2-0-0": [((0, 0, 0), (2 * a, 2 * b, 2 * c)) for a, b, c in (_unit(i) for i in range(3))],
+    "plaquette": [tuple(p) for p in _PLAQUETTES_3D],
+    "corner3": [tuple(o for o in p if o != left_out) for p in _PLAQUETTES_3D for left_out in p],
+    "line3": [(tuple(-c for c in _unit(i)), (0, 0, 0), _unit(i)) for i in range(3)],
+}
+
+
+def direct_sums_3d(s, ops):
+    """Every operator of ``ops`` on one configuration by an explicit loop over sites (hand-written
+    shapes where EXPLICIT_3D has them, else ``op.shapes``), periodic by modulo indexing."""
+    L = s.shape
+    totals = []
+    for op in ops:
+        shapes = EXPLICIT_3D.get(op.name, op.shapes)
+        total = 0
+        for x in range(L[0]):
+            for y in range(L[1]):
+                for z in range(L[2]):
+                    for shape in shapes:
+                        p = 1
+                        for o in shape:
+                            p *= int(s[(x + o[0]) % L[0], (y + o[1]) % L[1], (z + o[2]) % L[2]])
+                        total += p
+        totals.append(total)
+    return totals
+
+
+def test_explicit_3d_shapes_match_the_generated_ones():
+    ops = {op.name: op for op in operator_set(3).all}
+    for name, shapes in EXPLICIT_3D.items():
+        assert sorted(map(modulo_translation, shapes)) == sorted(map(modulo_translation, ops[name].shapes)), name
+
+
+@pytest.mark.parametrize("shape", [(4, 4, 4), (4, 6, 8), (5, 4, 6)])
+def test_3d_operator_sums_match_direct_loop(rng, shape):
+    spins = rng.choice(np.array([-1, 1], dtype=np.int8), size=(2, *shape))
+    ops = operator_set(3).all
+    got = operator_sums(spins)
+    assert got.shape == (2, len(ops)) and got.dtype == np.int64
+    for s, row in zip(spins, got):
+        assert row.tolist() == direct_sums_3d(s, ops)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_sums_are_invariant_under_the_lattice_symmetries(rng, d):
+    L = 5
+    spins = rng.choice(np.array([-1, 1], dtype=np.int8), size=(2,) + (L,) * d)
+    ref = operator_sums(spins)
+    n_even = len(operator_set(d).even)
+    # translations
+    for shift in ([1] * d, [2, 3, 4][:d], [0, 4, 1][:d]):
+        assert np.array_equal(operator_sums(np.roll(spins, shift, axis=tuple(range(1, d + 1)))), ref)
+    # the d! 2^d rotations and reflections of a cubic configuration (48 in 3D, 8 in 2D)
+    images = []
+    for axes in permutations(range(1, d + 1)):
+        for flips in product((False, True), repeat=d):
+            t = np.transpose(spins, (0, *axes))
+            flip_axes = tuple(i + 1 for i, f in enumerate(flips) if f)
+            images.append(np.flip(t, axis=flip_axes) if flip_axes else t)
+    assert len(images) == (48 if d == 3 else 8)
+    got = operator_sums(np.concatenate(images)).reshape(len(images), *ref.shape)
+    assert np.array_equal(got, np.broadcast_to(ref, got.shape))
+    # global spin flip: even operators unchanged, odd ones change sign
+    flipped = operator_sums(-spins)
+    assert np.array_equal(flipped[:, :n_even], ref[:, :n_even])
+    assert np.array_equal(flipped[:, n_even:], -ref[:, n_even:])
+
+
+def test_sub_batches_give_the_same_sums(rng, monkeypatch):
+    spins = rng.choice(np.array([-1, 1], dtype=np.int8), size=(7, 4, 6, 8))
+    whole = operator_sums(spins)
+    monkeypatch.setattr(operators_module, "_CHUNK_SITES", 2 * 4 * 6 * 8)  # 2 configurations at a time
+    assert np.array_equal(operator_sums(spins), whole)
+    monkeypatch.setattr(operators_module, "_CHUNK_SITES", 1)
+    assert np.array_equal(operator_sums(spins.astype(np.int64)), whole)
+
+
+def test_custom_operators_in_other_dimensions(rng):
+    nn1 = Operator.from_prototype("nn", ((0,), (1,)))
+    assert nn1.shapes == (((0,), (1,)),)
+    chain = rng.choice(np.array([-1, 1], dtype=np.int8), size=(3, 9))
+    assert np.array_equal(operator_sums(chain, (nn1,))[:, 0], (chain * np.roll(chain, 1, axis=1)).sum(axis=1))
+    nn4 = Operator.from_prototype("nn", ((0, 0, 0, 0), (1, 0, 0, 0)))
+    assert len(nn4.shapes) == 4
+    s = rng.choice(np.array([-1, 1], dtype=np.int8), size=(2, 3, 4, 5, 3))
+    bonds = sum((s * np.roll(s, 1, axis=a)).sum(axis=(1, 2, 3, 4)) for a in range(1, 5))
+    assert np.array_equal(operator_sums(s, (nn4,))[:, 0], bonds)
+
+
+def test_prototype_orbits():
+    assert len(Operator.from_prototype("x", ((0, 0, 0), (1, 2, 3))).shapes) == 24  # generic pair: 48 / 2
+    assert Operator.from_prototype("x", ((0, 0), (1, 0))) == Operator.from_prototype("x", ((5, 5), (5, 4)))
+    with pytest.raises(ValueError, match="repeat"):
+        Operator.from_prototype("x", ((0, 0), (0, 0)))
+    with pytest.raises(ValueError, match="same dimension"):
+        Operator.from_prototype("x", ((0, 0), (1, 0, 0)))
+    with pytest.raises(ValueError, match="at least one offset"):
+        Operator.from_prototype("x", ())
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match=r"d = 2 and 3, got d = 4"):
+        operator_set(4)
+    with pytest.raises(ValueError, match=r"d = 2 and 3, got d = 1"):
+        operator_set(1)
+    with pytest.raises(ValueError, match=r"\(2, 4, 4, 4, 4\)"):  # d = 4 and no operators given
+        operator_sums(np.ones((2, 4, 4, 4, 4), dtype=np.int8))
+    with pytest.raises(ValueError, match=r"shape \(8,\)"):
+        operator_sums(np.ones(8, dtype=np.int8))
+    with pytest.raises(ValueError, match=r"shape \(8,\)"):
+        operator_sums(np.ones(8, dtype=np.int8), EVEN_OPERATORS)
+    with pytest.raises(ValueError, match="'nn' has offsets of dimension 2.*3-dimensional"):
+        operator_sums(np.ones((2, 4, 4, 4), dtype=np.int8), EVEN_OPERATORS)
+    with pytest.raises(ValueError, match="dimension 3.*2-dimensional"):
+        operator_sums(np.ones((2, 4, 4), dtype=np.int8), operator_set(3).all)

@@ -441,13 +441,13 @@ def load_dataset(
     path: str | os.PathLike[str],
     *,
     model: str | None = None,
-    d: int | None = None,
+    d: int | tuple[int, ...] | None = None,
     lattice_shape: tuple[int, ...] | list[int] | None = None,
 ) -> SpinDataset:
     """Read and validate a ``deeprg.spins/1`` dataset.
 
-    ``model``, ``d`` and ``lattice_shape``, when given, must match the dataset's metadata.
-    Raises :class:`DatasetError` (one line naming ``path``) if the file is missing, not an
+    ``model``, ``d`` (one dimension or a tuple of allowed ones) and ``lattice_shape``, when
+    given, must match the dataset's metadata. Raises :class:`DatasetError` (one line naming ``path``) if the file is missing, not an
     ``.npz`` archive, not a deeprg spin dataset, or invalid in any way checked by
     :func:`save_dataset`, or does not match the request.
     """
@@ -465,8 +465,10 @@ def load_dataset(
     _validate(spins, metadata, path)
     if model is not None and metadata["model"] != model:
         raise DatasetError(f"{path}: dataset model is {metadata['model']!r}, expected {model!r}")
-    if d is not None and metadata["d"] != d:
-        raise DatasetError(f"{path}: dataset has d={metadata['d']}, expected d={d}")
+    allowed = (d,) if isinstance(d, int) else d
+    if allowed is not None and metadata["d"] not in allowed:
+        expected = " or ".join(str(x) for x in allowed)
+        raise DatasetError(f"{path}: dataset has d={metadata['d']}, expected d={expected}")
     if lattice_shape is not None and list(metadata["lattice_shape"]) != list(lattice_shape):
         raise DatasetError(
             f"{path}: dataset lattice_shape is {metadata['lattice_shape']}, "

@@ -190,18 +190,29 @@ def mutual_information_maps(mi_latent: np.ndarray, mi_physical: np.ndarray, path
 
 
 def filter_snapshots(filters: np.ndarray, epochs: list[int], path: str | Path, title: str = "") -> None:
-    """Filters ``(n, f, f)`` of the RBM projector after the given training epochs, one panel each,
-    on one symmetric colour scale (Chung & Kao Fig. 1). Row = filter row offset from the block."""
+    """Filters of the RBM projector after the given training epochs on one symmetric colour scale
+    (Chung & Kao Fig. 1). 2D filters ``(n, f, f)``: one panel per epoch, row = filter row offset
+    from the block. 3D filters ``(n, f, f, f)``: one row of panels per epoch, one panel per slice
+    along the first axis (slice ``k`` holds offsets ``k - f/2 + 1`` from the block's first plane)."""
     filters = np.asarray(filters, dtype=float)
+    if filters.ndim not in (3, 4):
+        raise ValueError(f"filters must have shape (n, f, f) or (n, f, f, f), got {filters.shape}")
     n = len(filters)
     vmax = float(np.abs(filters).max()) or 1.0
-    fig, axes = plt.subplots(1, n, figsize=(1.9 * n + 0.8, 2.4), squeeze=False)
-    for ax, w, epoch in zip(axes[0], filters, epochs):
+    if filters.ndim == 3:
+        fig, axes = plt.subplots(1, n, figsize=(1.9 * n + 0.8, 2.4), squeeze=False)
+        panels = [(axes[0][i], w, f"epoch {e}") for i, (w, e) in enumerate(zip(filters, epochs))]
+    else:
+        f = filters.shape[1]
+        fig, axes = plt.subplots(n, f, figsize=(1.6 * f + 0.8, 1.7 * n + 0.6), squeeze=False)
+        panels = [(axes[i][k], w[k], f"epoch {e}, slice {k}") for i, (w, e) in enumerate(zip(filters, epochs))
+                  for k in range(f)]
+    for ax, w, label in panels:
         im = ax.imshow(w, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
-        ax.set_title(f"epoch {epoch}", fontsize=9)
+        ax.set_title(label, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(im, ax=list(axes[0]), fraction=0.02, pad=0.02, label="weight")
+    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02, label="weight")
     fig.suptitle(title, fontsize=9)
     _save(fig, path)
 

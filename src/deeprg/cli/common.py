@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from deeprg.models.ising import parse_coupling
+from deeprg.models.ising import is_critical, parse_coupling
 
 
 class UsageError(Exception):
@@ -58,6 +58,15 @@ def coupling(value: str) -> float:
         return parse_coupling(value, "beta")
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def coupling_or_critical(value: str) -> float | str:
+    """argparse type for a ``--beta`` whose ``critical`` depends on another option (the dimension):
+    ``'critical'`` as is, else a finite float > 0; resolve with
+    :func:`deeprg.models.ising.parse_coupling` once the dimension is known."""
+    if is_critical(value):
+        return "critical"
+    return coupling(value)
 
 
 def int_at_least(minimum: int):

@@ -22,18 +22,22 @@ from deeprg.data import SpinDataset, load_dataset
 from deeprg.mc.stats import format_value_error
 from deeprg.plots import exponent_vs_epoch
 from deeprg.rsrg.mcrg import (
+    REFERENCE_EXPONENTS,
     MCRGResult,
     check_mcrg_levels,
     max_blocks,
     minimum_configurations,
     run_mcrg,
 )
-from deeprg.rsrg.operators import EVEN_OPERATORS
+from deeprg.rsrg.operators import operator_set
 from deeprg.rsrg.train import CheckpointMismatch, load_filters
 from deeprg.rsrg.transforms import Decimation, MajorityRule, RBMProjector, RGTransform
 from deeprg.runs import write_json
 
-EXACT = {"y_t": 1.0, "y_h": 15 / 8}
+
+def _counts(sector: str) -> str:
+    """``'7 in 2D, 8 in 3D'``: how many operators of ``sector`` each dimension has."""
+    return ", ".join(f"{len(getattr(operator_set(d), sector))} in {d}D" for d in (2, 3))
 
 
 def add_exponent_vs_epoch(actions: argparse._SubParsersAction) -> None:
@@ -46,7 +50,8 @@ def add_exponent_vs_epoch(actions: argparse._SubParsersAction) -> None:
     )
     e.add_argument("run_dir", metavar="RUN", help="run directory of 'deeprg rsrg train'")
     _add_mcrg_options(e, levels=1)
-    e.add_argument("--couplings", type=int_at_least(1), default=7, help="N_c even couplings, 1 .. 7 [7]")
+    e.add_argument("--couplings", type=int_at_least(1), default=7,
+                   help=f"N_c even couplings, 1 .. the number of even operators ({_counts('even')}) [7]")
     e.set_defaults(run=run_exponent_vs_epoch)
 
 
@@ -54,9 +59,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``deeprg mcrg`` to the top-level subparsers."""
     m = sub.add_parser(
         "mcrg", help="Monte Carlo RG exponents y_t and y_h of an RG transformation",
-        description="Coarse-grain the configurations N_r = 1..levels times with b = 2 and compute "
-        "y_t (7 even couplings) and y_h (4 odd couplings) from the linearized RG matrix "
-        "T = (D^{n,n})^-1 D^{n,n-1} for every N_r and N_c, with jackknife errors.",
+        description="Coarse-grain the configurations (2D or 3D) N_r = 1..levels times with b = 2 and "
+        f"compute y_t (from the even couplings: {_counts('even')}) and y_h (from the odd ones: "
+        f"{_counts('odd')}) from the linearized RG matrix T = (D^{{n,n}})^-1 D^{{n,n-1}} for every N_r and "
+        "N_c, with jackknife errors.",
     )
     m.add_argument("--transform", required=True, metavar="majority|decimation|RUN",
                    help="majority rule, decimation, or the trained RBM projector of a run directory")
@@ -65,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_mcrg_options(p: argparse.ArgumentParser, levels: int) -> None:
-    p.add_argument("--data", required=True, help="configurations (.npz, Ising, 2D)")
+    p.add_argument("--data", required=True, help="configurations (.npz, Ising, 2D or 3D)")
     p.add_argument("--levels", type=int_at_least(1), default=levels,
                    help=f"RG steps N_r, 1 .. log2(L / 4) at most (and as far as the filter fits) [{levels}]")
     p.add_argument("--blocks", type=int_at_least(2), default=32,
@@ -77,7 +83,7 @@ def _add_mcrg_options(p: argparse.ArgumentParser, levels: int) -> None:
 
 
 def _load_data(path: str) -> SpinDataset:
-    return load_dataset(path, model="ising", d=2)
+    return load_dataset(path, model="ising", d=(2, 3))
 
 
 # ---- mcrg --------------------------------------------------------------------------------------
@@ -96,14 +102,21 @@ def _transform(value: str) -> RGTransform:
     return RBMProjector(filters[-1])
 
 
-def _check_mcrg(args: argparse.Namespace, ds: SpinDataset, transforms: list[RGTransform]) -> None:
+def _check_mcrg(args: argparse.Namespace, ds: SpinDataset, transforms: list[RGTransform],
+                transform_option: str = "--transform") -> None:
+    shape = tuple(ds.metadata["lattice_shape"])
+    for t in transforms:  # the data's dimension and the filter's size before the levels
+        try:
+            t.check(shape)
+        except ValueError as err:
+            raise UsageError(f"{transform_option}: {err} (the data of --data)") from None
     try:
-        check_mcrg_levels(tuple(ds.metadata["lattice_shape"]), transforms, args.levels)
+        check_mcrg_levels(shape, transforms, args.levels)
     except ValueError as err:
         raise UsageError(f"--levels: {err}") from None
-    if ds.n < minimum_configurations(2):
-        raise UsageError(f"--data: {ds.n} configurations are too few for MCRG (need at least "
-                         f"{minimum_configurations(2)})")
+    least = minimum_configurations(2, len(shape))
+    if ds.n < least:
+        raise UsageError(f"--data: {ds.n} configurations are too few for MCRG (need at least {least})")
     if args.blocks > max_blocks(ds.n):
         raise UsageError(f"--blocks: must be between 2 and {max_blocks(ds.n)} for the {ds.n} configurations of "
                          f"--data (at least 2 per block), got {args.blocks}")
@@ -141,23 +154,23 @@ def run_mcrg_command(args: argparse.Namespace) -> int:
     _check_mcrg(args, ds, [transform])
     (result,) = _run(args, ds, [transform])
     shape = ds.metadata["lattice_shape"]
+    reference = REFERENCE_EXPONENTS[len(shape)]
     summary = {**result.to_dict(), "transform_argument": args.transform, "data": args.data,
-               "lattice_shape": shape, "K": ds.metadata["K"], "seed": args.seed, "seconds": result.seconds}
+               "lattice_shape": shape, "K": ds.metadata["K"], "seed": args.seed, "seconds": result.seconds,
+               "reference": reference}
     if args.json:
         print_json(summary)
         return 0
     name = {"majority": "majority rule", "decimation": "decimation"}.get(result.transform, f"RBM projector ({args.transform})")
-    print(f"MCRG of {args.data}: Ising {shape[0]}x{shape[1]}, K = {ds.metadata['K']:.10g}; {name}, b = 2; "
+    print(f"MCRG of {args.data}: Ising {'x'.join(map(str, shape))}, K = {ds.metadata['K']:.10g}; {name}, b = 2; "
           f"{result.n_configurations} configurations in {result.n_blocks} jackknife blocks; seed {args.seed}")
     print(format_table(result))
-    print("exact 2D Ising: y_t = 1, y_h = 15/8 = 1.875")
+    print(f"{len(shape)}D Ising, {reference['source']}: y_t = {reference['y_t']:.6g}, y_h = {reference['y_h']:.6g}")
     return 0
 
 
 # ---- rsrg exponent-vs-epoch ------------------------------------------------------------------
 def run_exponent_vs_epoch(args: argparse.Namespace) -> int:
-    if args.couplings > len(EVEN_OPERATORS):
-        raise UsageError(f"--couplings: must be between 1 and {len(EVEN_OPERATORS)}, got {args.couplings}")
     run_dir = Path(args.run_dir)
     try:
         _, filters, _ = load_filters(run_dir)
@@ -170,9 +183,13 @@ def run_exponent_vs_epoch(args: argparse.Namespace) -> int:
         raise UsageError(f"--data: {args.data!r} is an output of this command ({outputs[0].name} and "
                          f"{outputs[1].name} in RUN); move or rename it")
     ds = _load_data(args.data)
+    d = ds.metadata["d"]
+    n_even = len(operator_set(d).even)
+    if args.couplings > n_even:
+        raise UsageError(f"--couplings: must be between 1 and {n_even} for {d}D data, got {args.couplings}")
     epochs = list(range(1, len(filters)))
     transforms = [RBMProjector(filters[e]) for e in epochs] + [MajorityRule()]
-    _check_mcrg(args, ds, transforms)
+    _check_mcrg(args, ds, transforms, "RUN")
     results = _run(args, ds, transforms)
     k = args.couplings - 1
     table = [[[{"mean": e.mean, "error": e.error} for e in row] for row in r.y_t] for r in results[:-1]]
@@ -186,7 +203,7 @@ def run_exponent_vs_epoch(args: argparse.Namespace) -> int:
     errors = np.array([r.y_t[last][k].error for r in results[:-1]])
     exponent_vs_epoch(np.array(epochs), means, errors, outputs[1],
                       {f"majority rule {format_value_error(results[-1].y_t[last][k].mean, results[-1].y_t[last][k].error)}":
-                       results[-1].y_t[last][k].mean, "exact": EXACT["y_t"]},
+                       results[-1].y_t[last][k].mean, REFERENCE_EXPONENTS[d]["source"]: REFERENCE_EXPONENTS[d]["y_t"]},
                       title=f"N_r = {args.levels}, N_c = {args.couplings}, {summary['n_configurations']} configurations")
     if args.json:
         print_json(summary)

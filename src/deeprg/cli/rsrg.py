@@ -2,7 +2,7 @@
 
 ``rsrg train`` writes a run directory: ``config.json``, ``checkpoint.pt`` (every epoch, every
 ``checkpoint_seconds``, on Ctrl-C or SIGTERM), ``filters.npz`` (``filters``: ``(epochs + 1, f,
-f)``, row 0 the initialization; ``epochs``), ``metrics.json`` and ``filters.png``. ``deeprg mcrg``
+f)`` for 2D data, ``(epochs + 1, f, f, f)`` for 3D, row 0 the initialization; ``epochs``), ``metrics.json`` and ``filters.png``. ``deeprg mcrg``
 and ``deeprg rsrg exponent-vs-epoch`` (:mod:`deeprg.cli.mcrg`) read it.
 """
 
@@ -47,12 +47,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     q = actions.add_parser(
         "train", help="train the RBM projector's filter by contrastive divergence",
-        description="Train the translation-invariant f x f filter of the RBM projector "
+        description="Train the translation-invariant filter (f x f in 2D, f x f x f in 3D) of the RBM projector "
         "P(mu|sigma) = exp(sum W sigma mu) / Y(sigma) on Monte Carlo configurations by minimizing "
         "KL(Boltzmann || Y / sum Y) with CD-k and Adam (Chung & Kao Eq. 8). Options override the "
         "--config file, which overrides the defaults; --resume continues the run's saved config.",
     )
-    q.add_argument("--data", required=True, help="training dataset (.npz, Ising, 2D)")
+    q.add_argument("--data", required=True, help="training dataset (.npz, Ising, 2D or 3D)")
     add_train_options(q, COMMAND, out_default=None)
     q.set_defaults(run=lambda args: train(args, COMMAND))
     mcrg.add_exponent_vs_epoch(actions)
@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _prepare(args: argparse.Namespace) -> dict:
     from deeprg.data import load_dataset
 
-    ds = load_dataset(args.data, model="ising", d=2)
+    ds = load_dataset(args.data, model="ising", d=(2, 3))
     return {"context": (args, ds)}
 
 
@@ -92,9 +92,14 @@ def _data_info(context) -> dict:
 
 def _describe(trainer) -> str:
     cfg, shape = trainer.cfg, trainer.shape
-    return (f"RBM projector, {cfg.filter_size}x{cfg.filter_size} filter, CD-{cfg.cd_k}"
+    return (f"RBM projector, {_cube(cfg.filter_size, len(shape))} filter, CD-{cfg.cd_k}"
             f"{' (persistent)' if cfg.persistent else ''}, {trainer.data_info['n']} configurations of "
-            f"{shape[0]}x{shape[1]}, batch {cfg.batch}, seed {cfg.seed}")
+            f"{'x'.join(map(str, shape))}, batch {cfg.batch}, seed {cfg.seed}")
+
+
+def _cube(f: int, d: int) -> str:
+    """``'8x8'`` or ``'4x4x4'``."""
+    return "x".join([str(f)] * d)
 
 
 def _write_filters(trainer, run) -> None:
@@ -140,7 +145,7 @@ def _finish(trainer, run, context) -> tuple[dict, list[str]]:
     shown = [e for e in SHOWN_EPOCHS if e < last] + [last]
     shape = trainer.shape
     filter_snapshots(filters[shown], shown, run.path / "filters.png",
-                     title=f"{cfg.filter_size}x{cfg.filter_size} RBM filter, CD-{cfg.cd_k}, {shape[0]}x{shape[1]} data")
+                     title=f"{_cube(cfg.filter_size, len(shape))} RBM filter, CD-{cfg.cd_k}, {'x'.join(map(str, shape))} data")
     line = (f"{trainer.epoch} epochs ({metrics['steps']} steps) in {trainer.wall_seconds:.1f} s; final CD gap "
             f"{metrics['final_cd_gap']:.4g}; run directory {run.path}")
     return {k: v for k, v in metrics.items() if k != "history"}, [line]

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from deeprg import Lattice, __version__
 from deeprg.cli.common import (
     UsageError,
-    coupling,
+    coupling_or_critical,
     cpu_threads,
     int_at_least,
     print_json,
@@ -23,6 +23,7 @@ from deeprg.data import SpinDataset, save_dataset
 from deeprg.mc import SAMPLERS, estimate, jackknife, make_sampler
 from deeprg.mc.samplers import MIN_AUTO_BURN_IN
 from deeprg.models.exact import exact_solution
+from deeprg.models.ising import parse_coupling
 
 #: Blocks of the jackknife error bar of the specific heat (cut along each chain's time axis).
 JACKKNIFE_BLOCKS = 32
@@ -74,9 +75,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--L", type=int_at_least(2), default=32, help="linear size [32]")
     q.add_argument("--d", type=int, choices=(1, 2, 3), default=2, help="dimension [2]")
-    q.add_argument("--beta", type=coupling, default="critical",
-                   help=f"coupling K = beta J: 'critical' (square-lattice K_c) or a number >= {MIN_BETA:g} "
-                   "[critical]")
+    q.add_argument("--beta", type=coupling_or_critical, default="critical",
+                   help="coupling K = beta J: 'critical' (K_c of the simple cubic lattice, 0.221654626, for "
+                   f"--d 3; of the square lattice otherwise) or a number >= {MIN_BETA:g} [critical]")
     q.add_argument("--n", type=int_at_least(1), default=20000,
                    help=f"configurations to save, at least {MIN_PER_CHAIN} per chain [20000]")
     q.add_argument("--sampler", choices=SAMPLERS, default="wolff", help="update [wolff]")
@@ -121,6 +122,7 @@ def check_args(args: argparse.Namespace) -> Path:
     """Refuse, before any work, what cannot give a valid dataset and summary (:class:`UsageError`
     naming the option and what is allowed); returns the output path."""
     out = writable_file(args.out, "--out")
+    args.beta = parse_coupling(args.beta, "beta", args.d)
     if args.n % args.chains:
         raise UsageError(f"--n ({args.n}) must be a multiple of --chains ({args.chains})")
     if args.n // args.chains < MIN_PER_CHAIN:

@@ -19,17 +19,28 @@ import numpy as np
 
 from deeprg.lattice import Lattice
 
-__all__ = ["K_C", "IsingModel", "parse_coupling", "magnetization"]
+__all__ = ["K_C", "K_C_3D", "IsingModel", "critical_coupling", "is_critical", "parse_coupling", "magnetization"]
 
 #: Critical coupling of the square-lattice Ising model, ln(1 + sqrt 2) / 2.
 K_C = 0.5 * math.log1p(math.sqrt(2.0))
 
+#: Critical coupling of the simple-cubic Ising model, 0.221654626(5): Ferrenberg, Xu & Landau,
+#: Phys. Rev. E 97, 043301 (2018).
+K_C_3D = 0.221654626
 
-def parse_coupling(value: str | float, name: str = "beta") -> float:
-    """``'critical'`` -> :data:`K_C`; otherwise a finite float > 0, else ``ValueError`` naming
-    ``name``."""
-    if isinstance(value, str) and value.strip().lower() in {"critical", "kc", "k_c"}:
-        return K_C
+
+def critical_coupling(d: int) -> float:
+    """What ``'critical'`` means on a ``d``-dimensional hypercubic lattice: :data:`K_C_3D` for
+    ``d = 3``, :data:`K_C` (square lattice) for ``d = 2`` and, for want of a critical point, for the
+    1D chain too."""
+    return K_C_3D if d == 3 else K_C
+
+
+def parse_coupling(value: str | float, name: str = "beta", d: int = 2) -> float:
+    """``'critical'`` -> :func:`critical_coupling` of dimension ``d``; otherwise a finite float > 0,
+    else ``ValueError`` naming ``name``."""
+    if is_critical(value):
+        return critical_coupling(d)
     try:
         k = float(value)
     except (TypeError, ValueError):
@@ -37,6 +48,11 @@ def parse_coupling(value: str | float, name: str = "beta") -> float:
     if not math.isfinite(k) or k <= 0:
         raise ValueError(f"{name} must be 'critical' or a finite number > 0, got {value!r}")
     return k
+
+
+def is_critical(value: str | float) -> bool:
+    """Whether ``value`` is one of the spellings of ``'critical'``."""
+    return isinstance(value, str) and value.strip().lower() in {"critical", "kc", "k_c"}
 
 
 def magnetization(spins: np.ndarray, d: int) -> np.ndarray:

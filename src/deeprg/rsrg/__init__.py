@@ -7,7 +7,7 @@ projector), :mod:`~deeprg.rsrg.rbm` (filter geometry and RBM conditionals),
 """
 
 from deeprg.rsrg.mcrg import MCRGAccumulator, MCRGResult, mcrg, run_mcrg
-from deeprg.rsrg.operators import EVEN_OPERATORS, ODD_OPERATORS, operator_sums
+from deeprg.rsrg.operators import EVEN_OPERATORS, ODD_OPERATORS, OperatorSet, operator_set, operator_sums
 from deeprg.rsrg.train import RBMTrainConfig, Trainer, load_filters
 from deeprg.rsrg.transforms import (
     Decimation,
@@ -25,6 +25,7 @@ __all__ = [
     "MCRGAccumulator",
     "MCRGResult",
     "MajorityRule",
+    "OperatorSet",
     "RBMProjector",
     "RBMTrainConfig",
     "RGTransform",
@@ -33,6 +34,7 @@ __all__ = [
     "level_generators",
     "load_filters",
     "mcrg",
+    "operator_set",
     "operator_sums",
     "run_mcrg",
 ]

@@ -2,9 +2,10 @@
 
 Conventions
 -----------
-* Level 0 is the data lattice; level ``n`` is the result of ``n`` applications of the b = 2
-  transformation (``L / 2^n``). Operators ``S_a^n`` are the total lattice sums of
-  :mod:`deeprg.rsrg.operators` evaluated on level ``n``.
+* Level 0 is the data lattice (2D or 3D); level ``n`` is the result of ``n`` applications of the
+  b = 2 transformation (``L / 2^n``). Operators ``S_a^n`` are the total lattice sums of the
+  operator set of the lattice's dimension (:func:`deeprg.rsrg.operators.operator_set`) evaluated
+  on level ``n``.
 * Connected correlations ``D^{n,m}_ab = <S_a^n S_b^m> - <S_a^n><S_b^m>``.
 * With ``H = sum_a K_a S_a`` (weight ``e^H``, Chung & Kao Eq. 1), the chain rule
   ``d<S_a^n>/dK_b^{n-1} = sum_c d<S_a^n>/dK_c^n dK_c^n/dK_b^{n-1}`` reads ``D^{n,n-1} = D^{n,n} T``,
@@ -40,13 +41,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from deeprg.mc.stats import Estimate
-from deeprg.rsrg.operators import EVEN_OPERATORS, ODD_OPERATORS, operator_sums
+from deeprg.rsrg.operators import OperatorSet, operator_set, operator_sums
 from deeprg.rsrg.transforms import RGTransform, check_levels, level_generators
 
 __all__ = [
     "MCRGAccumulator",
     "MCRGResult",
-    "MIN_EXTENT",
+    "REFERENCE_EXPONENTS",
     "check_mcrg",
     "check_mcrg_levels",
     "leading_exponent",
@@ -57,24 +58,33 @@ __all__ = [
     "run_mcrg",
 ]
 
-#: Operators per level, in the order of the accumulated vectors: even then odd.
-OPERATORS = EVEN_OPERATORS + ODD_OPERATORS
-SECTORS = {"even": slice(0, len(EVEN_OPERATORS)), "odd": slice(len(EVEN_OPERATORS), len(OPERATORS))}
-
-#: Smallest lattice extent at the last level (operators reach two lattice spacings).
-MIN_EXTENT = 4
-
 #: ln b for b = 2.
 _LN_B = math.log(2.0)
 
+
+#: Reference exponents of the Ising universality class by dimension, with their source: 2D exact
+#: (Onsager; y_h = 2 - eta/2 with eta = 1/4); 3D conformal bootstrap (Kos, Poland,
+#: Simmons-Duffin & Vichi, JHEP 08 (2016) 036: nu = 0.629971(4), Delta_sigma = 0.5181489(10), so
+#: y_t = 1/nu and y_h = 3 - Delta_sigma).
+REFERENCE_EXPONENTS = {
+    2: {"y_t": 1.0, "y_h": 15 / 8, "source": "exact (Onsager)"},
+    3: {"y_t": 1 / 0.629971, "y_h": 3 - 0.5181489, "source": "conformal bootstrap (Kos et al. 2016)"},
+}
 
 #: Fewest configurations per jackknife block.
 _PER_BLOCK = 2
 
 
-def minimum_configurations(n_blocks: int) -> int:
-    """Fewest configurations MCRG accepts: 2 per jackknife block and 10 per even operator."""
-    return max(_PER_BLOCK * n_blocks, 10 * len(EVEN_OPERATORS))
+def _sectors(operators: OperatorSet) -> dict[str, slice]:
+    """Positions of the even and the odd operators in the accumulated vectors (even first)."""
+    n_even = len(operators.even)
+    return {"even": slice(0, n_even), "odd": slice(n_even, n_even + len(operators.odd))}
+
+
+def minimum_configurations(n_blocks: int, d: int = 2) -> int:
+    """Fewest configurations MCRG accepts on a ``d``-dimensional lattice: 2 per jackknife block and
+    10 per even operator."""
+    return max(_PER_BLOCK * n_blocks, 10 * len(operator_set(d).even))
 
 
 def max_blocks(n_configurations: int) -> int:
@@ -100,10 +110,10 @@ def leading_exponent(T: np.ndarray) -> float:
 class MCRGResult:
     """Exponents of one transformation.
 
-    ``y_t[N_r - 1][N_c - 1]`` for ``N_r = 1 .. levels`` and ``N_c = 1 .. 7`` (even operators);
-    ``y_h[N_r - 1][N_c - 1]`` for ``N_c = 1 .. 4`` (odd operators). ``n_configurations`` is the
-    number used (a multiple of ``n_blocks``); ``seconds`` the wall time spent coarse-graining and
-    measuring the levels >= 1 of this transformation."""
+    ``y_t[N_r - 1][N_c - 1]`` for ``N_r = 1 .. levels`` and ``N_c = 1 .. `` the number of even
+    operators of the dimension ``d`` (7 in 2D); ``y_h[N_r - 1][N_c - 1]`` for the odd ones (4 in
+    2D). ``n_configurations`` is the number used (a multiple of ``n_blocks``); ``seconds`` the
+    wall time spent coarse-graining and measuring the levels >= 1 of this transformation."""
 
     transform: str
     levels: int
@@ -112,8 +122,11 @@ class MCRGResult:
     y_t: list[list[Estimate]]
     y_h: list[list[Estimate]]
     seconds: float = math.nan
+    d: int = 2
 
     def to_dict(self) -> dict:
+        ops = operator_set(self.d)
+
         def table(rows: list[list[Estimate]]) -> list[list[dict]]:
             return [[{"mean": _finite(e.mean), "error": _finite(e.error)} for e in row] for row in rows]
 
@@ -122,7 +135,8 @@ class MCRGResult:
             "levels": self.levels,
             "n_configurations": self.n_configurations,
             "n_blocks": self.n_blocks,
-            "operators": {"even": [op.name for op in EVEN_OPERATORS], "odd": [op.name for op in ODD_OPERATORS]},
+            "d": self.d,
+            "operators": {"even": [op.name for op in ops.even], "odd": [op.name for op in ops.odd]},
             "y_t": table(self.y_t),
             "y_h": table(self.y_h),
         }
@@ -143,13 +157,18 @@ class MCRGAccumulator:
         Highest RG level ``N_r`` (>= 1).
     n_blocks:
         Jackknife blocks (>= 2).
+    d:
+        Dimension of the lattice (2 or 3): chooses the operators, :func:`operator_set`.
     """
 
-    def __init__(self, n_configurations: int, levels: int, n_blocks: int = 32) -> None:
+    def __init__(self, n_configurations: int, levels: int, n_blocks: int = 32, d: int = 2) -> None:
         for name, value, low in (("n_blocks", n_blocks, 2), ("levels", levels, 1)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        need = minimum_configurations(n_blocks)
+        self.operators = operator_set(d)
+        self.d = int(d)
+        self._sectors = _sectors(self.operators)
+        need = minimum_configurations(n_blocks, d)
         if n_configurations < need:
             raise ValueError(f"MCRG with {n_blocks} jackknife blocks needs at least {need} configurations "
                              f"(2 per block, 10 per even operator), got {n_configurations}")
@@ -158,7 +177,7 @@ class MCRGAccumulator:
         self.n_blocks = int(n_blocks)
         self.block = self.n_configurations // self.n_blocks
         self._skip = self.n_configurations - self.n_blocks * self.block
-        dim = (self.levels + 1) * len(OPERATORS)
+        dim = (self.levels + 1) * len(self.operators.all)
         self._count = np.zeros(self.n_blocks, dtype=np.int64)
         self._first = np.zeros((self.n_blocks, dim))
         self._second = np.zeros((self.n_blocks, dim, dim))
@@ -169,7 +188,7 @@ class MCRGAccumulator:
         """Add ``(batch, levels + 1, n_operators)`` operator values (from :func:`measure`), in data
         order."""
         v = np.asarray(values)
-        expected = (self.levels + 1, len(OPERATORS))
+        expected = (self.levels + 1, len(self.operators.all))
         if v.ndim != 3 or v.shape[1:] != expected:
             raise ValueError(f"values must have shape (batch, {expected[0]}, {expected[1]}), got {v.shape}")
         if self.n_seen + len(v) > self.n_configurations:
@@ -189,8 +208,8 @@ class MCRGAccumulator:
             self._second[b] += rows.T @ rows
 
     def covariance(self, leave_out: int | None = None) -> np.ndarray:
-        """Covariance matrix of the stacked operator vector (level-major, ``(levels + 1) * 11``
-        square), over all blocks or all but block ``leave_out``."""
+        """Covariance matrix of the stacked operator vector (level-major, ``(levels + 1) *
+        n_operators`` square), over all blocks or all but block ``leave_out``."""
         keep = np.ones(self.n_blocks, dtype=bool)
         if leave_out is not None:
             keep[leave_out] = False
@@ -201,7 +220,7 @@ class MCRGAccumulator:
     def rg_matrix(self, n_r: int, sector: str, n_c: int, leave_out: int | None = None) -> np.ndarray:
         """``T = (D^{n,n})^{-1} D^{n,n-1}`` for step ``n = n_r`` on the first ``n_c`` operators of
         ``sector`` (``"even"`` or ``"odd"``); all ``nan`` if ``D^{n,n}`` is singular."""
-        return _rg_matrix(self.covariance(leave_out), n_r, sector, n_c)
+        return _rg_matrix(self.covariance(leave_out), n_r, self._sectors, sector, n_c)
 
     def result(self, transform: str, seconds: float = math.nan) -> MCRGResult:
         """Jackknife exponents for every ``N_r`` and ``N_c``; needs all configurations added."""
@@ -209,13 +228,13 @@ class MCRGAccumulator:
             raise ValueError(f"{self.n_seen} of the announced {self.n_configurations} configurations were added")
         covs = [self.covariance()] + [self.covariance(j) for j in range(self.n_blocks)]
         tables = {}
-        for sector, sl in SECTORS.items():
+        for sector, sl in self._sectors.items():
             n_ops = sl.stop - sl.start
-            y = np.array([[[leading_exponent(_rg_matrix(c, n_r, sector, n_c)) for n_c in range(1, n_ops + 1)]
+            y = np.array([[[leading_exponent(_rg_matrix(c, n_r, self._sectors, sector, n_c)) for n_c in range(1, n_ops + 1)]
                            for n_r in range(1, self.levels + 1)] for c in covs])
             tables[sector] = [[self._estimate(y[:, r, k]) for k in range(n_ops)] for r in range(self.levels)]
         return MCRGResult(transform, self.levels, int(self._count.sum()), self.n_blocks,
-                          tables["even"], tables["odd"], seconds)
+                          tables["even"], tables["odd"], seconds, self.d)
 
     def _estimate(self, y: np.ndarray) -> Estimate:
         full, leave_out = y[0], y[1:]
@@ -225,9 +244,9 @@ class MCRGAccumulator:
         return Estimate(nb * full - (nb - 1) * mean_lo, error, math.nan, math.nan, int(self._count.sum()))
 
 
-def _rg_matrix(cov: np.ndarray, n_r: int, sector: str, n_c: int) -> np.ndarray:
-    n_ops = len(OPERATORS)
-    sl = SECTORS[sector]
+def _rg_matrix(cov: np.ndarray, n_r: int, sectors: dict[str, slice], sector: str, n_c: int) -> np.ndarray:
+    n_ops = sectors["odd"].stop
+    sl = sectors[sector]
     if not 1 <= n_c <= sl.stop - sl.start:
         raise ValueError(f"n_c must be between 1 and {sl.stop - sl.start} for the {sector} sector, got {n_c}")
     ops = np.arange(sl.start, sl.start + n_c)
@@ -242,7 +261,8 @@ def _rg_matrix(cov: np.ndarray, n_r: int, sector: str, n_c: int) -> np.ndarray:
 
 def check_mcrg_levels(shape: tuple[int, ...], transforms: Sequence[RGTransform], levels: int) -> None:
     """Raise ``ValueError`` unless every transformation can act ``levels`` times on ``shape`` and
-    the last level has extents >= :data:`MIN_EXTENT`; the message gives the allowed range of
+    the last level has extents >= the operators' ``min_extent`` (4: they reach two lattice
+    spacings); the message gives the allowed range of
     ``levels`` and why one more level is refused."""
     if not transforms:
         raise ValueError("no RG transformation given")
@@ -267,9 +287,10 @@ def _refusal(shape: tuple[int, ...], transforms: Sequence[RGTransform], levels: 
             last = check_levels(shape, t, levels)[-1]
     except ValueError as err:
         return str(err)
-    if min(last) < MIN_EXTENT:
-        return (f"levels = {levels} leaves a {last[0]}x{last[1]} lattice; MCRG operators need extents "
-                f">= {MIN_EXTENT} at the last level")
+    least = operator_set(len(shape)).min_extent
+    if min(last) < least:
+        return (f"levels = {levels} leaves a {'x'.join(map(str, last))} lattice; MCRG operators need extents "
+                f">= {least} at the last level")
     return ""
 
 
@@ -277,14 +298,17 @@ def check_mcrg(shape: tuple[int, ...], transforms: Sequence[RGTransform], levels
                n_configurations: int, n_blocks: int) -> None:
     """Everything :func:`run_mcrg` checks before any work (:func:`check_mcrg_levels` and
     :func:`minimum_configurations`); raises ``ValueError`` naming the problem."""
+    if len(shape) not in (2, 3):
+        raise ValueError(f"MCRG needs a 2D or 3D lattice, got shape {tuple(shape)}")
     check_mcrg_levels(shape, transforms, levels)
-    MCRGAccumulator(n_configurations, levels, n_blocks)
+    MCRGAccumulator(n_configurations, levels, n_blocks, len(shape))
 
 
 def measure(spins: np.ndarray, transform: RGTransform, generators: Sequence[np.random.Generator],
             level0: np.ndarray | None = None) -> np.ndarray:
-    """Operator sums at levels ``0 .. len(generators)``: ``(batch, levels + 1, 11)`` int64.
-    ``level0`` (``operator_sums(spins)``) may be passed to share it between transformations."""
+    """Operator sums at levels ``0 .. len(generators)``: ``(batch, levels + 1, n_operators)``
+    int64 (the operator set of the spins' dimension). ``level0`` (``operator_sums(spins)``) may be
+    passed to share it between transformations."""
     values = [operator_sums(spins) if level0 is None else level0]
     s = spins
     for generator in generators:
@@ -295,7 +319,7 @@ def measure(spins: np.ndarray, transform: RGTransform, generators: Sequence[np.r
 
 def run_mcrg(
     chunks: Iterable[np.ndarray],
-    shape: tuple[int, int],
+    shape: tuple[int, ...],
     transforms: Sequence[RGTransform],
     n_configurations: int,
     levels: int,
@@ -305,20 +329,20 @@ def run_mcrg(
 ) -> list[MCRGResult]:
     """MCRG of several transformations on one stream of configurations.
 
-    ``chunks`` yields ``(batch, L0, L1)`` int8 spins of lattice ``shape``, ``n_configurations`` in
-    all, in data order (blocks for the jackknife follow it). Level-0 operators are computed once
+    ``chunks`` yields ``(batch, *shape)`` int8 spins of a 2D or 3D lattice ``shape``,
+    ``n_configurations`` in all, in data order (blocks for the jackknife follow it). Level-0 operators are computed once
     per chunk and shared. Every transformation draws level ``n`` from its own copy of
     ``level_generators(seed, levels)[n - 1]`` (common random numbers across transformations), so
     results depend on the seed and the data only, not on the chunking. ``on_chunk(batch)`` is
     called after each chunk. Returns one :class:`MCRGResult` per transformation.
     """
     check_mcrg(shape, transforms, levels, n_configurations, n_blocks)
-    accumulators = [MCRGAccumulator(n_configurations, levels, n_blocks) for _ in transforms]
+    accumulators = [MCRGAccumulator(n_configurations, levels, n_blocks, len(shape)) for _ in transforms]
     generators = [level_generators(seed, levels) for _ in transforms]
     seconds = [0.0] * len(transforms)
     for chunk in chunks:
         spins = np.asarray(chunk)
-        if spins.ndim != 3 or spins.shape[1:] != tuple(shape):
+        if spins.shape[1:] != tuple(shape):
             raise ValueError(f"chunk of shape {spins.shape} does not hold configurations of lattice {tuple(shape)}")
         level0 = operator_sums(spins)
         for i, (t, acc, gens) in enumerate(zip(transforms, accumulators, generators)):
@@ -339,10 +363,11 @@ def mcrg(
     chunk: int = 4096,
     on_chunk: Callable[[int], None] | None = None,
 ) -> list[MCRGResult]:
-    """:func:`run_mcrg` over an in-memory ``(n, L0, L1)`` array, ``chunk`` configurations at a time."""
+    """:func:`run_mcrg` over an in-memory ``(n, *shape)`` array (2D or 3D), ``chunk``
+    configurations at a time."""
     s = np.asarray(spins)
-    if s.ndim != 3:
-        raise ValueError(f"spins must have shape (n, L0, L1), got shape {s.shape}")
+    if s.ndim not in (3, 4):
+        raise ValueError(f"spins must have shape (n, L0, L1) or (n, L0, L1, L2), got shape {s.shape}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     chunks = (s[i : i + chunk] for i in range(0, len(s), chunk))
