@@ -2,6 +2,7 @@
 exit status 2 before any work, and nothing is written."""
 
 import json
+import math
 import os
 import shutil
 import time
@@ -90,6 +91,39 @@ def test_mcrg_takes_the_largest_seed_and_the_most_blocks(cli, files):
     assert status == 0
     summary = json.loads(out)
     assert summary["seed"] == 2**64 - 1 and summary["n_blocks"] == 100 and len(summary["y_t"]) == 1
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--transform", "majority", "--block-weights", "0,1"], ["--block-weights", "RBM projector", "majority"]),
+    (["--levels", "1", "--block-weights", "0,1"], ["--levels", "N_r = 1 and 2", ">= 2"]),
+    (["--block-weights", "0"], ["--block-weights", "at least 2"]),
+    (["--block-weights", "0,0"], ["--block-weights", "distinct"]),
+    (["--block-weights", "0,-1"], ["--block-weights", ">= 0"]),
+    (["--block-weights", "0,nan"], ["--block-weights", ">= 0"]),
+    (["--block-weights", "0,x"], ["--block-weights", "numbers"]),
+])
+def test_mcrg_block_weights_bad_input(cli, files, argv, needles):
+    base = ["mcrg", "--data", files["data"], "--transform", files["run"], "--quiet"]
+    refused(cli, base + argv, needles, files["data"].parent)
+
+
+def test_mcrg_block_weights_choose_per_sector(cli, files):
+    """The JSON carries every block weight's exponents, the gaps and the choices, and the reported
+    y_t / y_h are those of the chosen weights."""
+    status, out, _ = cli("mcrg", "--data", files["data"], "--transform", files["run"], "--block-weights", "0,0.5,2",
+                         "--json", "--quiet")
+    assert status == 0
+    s = json.loads(out)
+    tuning = s["sector_tuning"]
+    assert s["block_weights"] == [0.0, 0.5, 2.0] and len(s["per_block_weight"]) == 3
+    for sector, key in (("even", "y_t"), ("odd", "y_h")):
+        gaps = [math.inf if g["mean"] is None else abs(g["mean"]) for g in tuning[sector]["gaps"]]
+        k = gaps.index(min(gaps))
+        assert tuning[sector]["chosen"] == [0.0, 0.5, 2.0][k]
+        assert s[key] == s["per_block_weight"][k][key]
+    status, text, _ = cli("mcrg", "--data", files["data"], "--transform", files["run"], "--block-weights", "0,0.5,2",
+                          "--quiet")
+    assert status == 0 and "y_t: block weight" in text and "y_h: block weight" in text
 
 
 @pytest.fixture

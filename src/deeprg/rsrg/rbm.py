@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from deeprg.lattice import Lattice
 
 __all__ = [
+    "block_indicator",
     "check_filter",
     "coupling_matrix",
     "filter_correlation",
@@ -193,6 +194,18 @@ def filter_correlation(sigma: torch.Tensor, t: torch.Tensor, f: int) -> torch.Te
     weight_grad = torch.nn.grad.conv2d_weight if d == 2 else torch.nn.grad.conv3d_weight
     x = _padded(sigma, f // 2 - 1)
     return weight_grad(x, (1, 1) + (f,) * d, t[:, None].to(sigma.dtype), stride=2)[0, 0]
+
+
+def block_indicator(f: int, d: int) -> np.ndarray:
+    """``(f,)*d`` float64 filter that is 1 on the 2^d block the window is centred on (entries
+    ``f/2 - 1`` and ``f/2`` of every axis) and 0 elsewhere: ``h_J`` of this filter is the block's
+    total spin, so ``p * block_indicator`` is the stochastic majority rule of Ron, Brandt &
+    Swendsen (PRE 95, 053305 (2017)), ``P(mu|sigma) ∝ exp(p mu sum_{i in block} sigma_i)``."""
+    check_filter(f, (f,) * d, d)
+    out = np.zeros((f,) * d)
+    c = f // 2 - 1
+    out[(slice(c, c + 2),) * d] = 1.0
+    return out
 
 
 def free_energy(h: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ sites ``2 I + {0,1}^d`` (the blocks of :attr:`deeprg.lattice.Lattice.blocks`).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from deeprg.lattice import Lattice
-from deeprg.rsrg.rbm import check_filter, hidden_field
+from deeprg.rsrg.rbm import block_indicator, check_filter, hidden_field
 
 __all__ = [
     "Decimation",
@@ -141,11 +142,19 @@ class RBMProjector:
     dtype:
         Torch dtype of the field computation (``torch.float32`` by default; ``float64`` for exact
         tests).
+    block_weight:
+        ``alpha >= 0`` added to every filter entry on the block itself after the gauge fix
+        (``w -> sign(sum w) w + alpha * block_indicator``, :func:`deeprg.rsrg.rbm.block_indicator`):
+        the learned filter mixed with the stochastic majority rule of Ron, Brandt & Swendsen
+        (2017). 0 (the default) is the learned projector itself; large ``alpha`` tends to the
+        majority rule wherever the block sum is not 0. The one-parameter family that
+        :func:`deeprg.rsrg.tuning.tune_sectors` tunes separately for the even and odd exponents.
     """
 
     name = "rbm"
 
-    def __init__(self, weights: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, weights: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32,
+                 block_weight: float = 0.0) -> None:
         w = torch.as_tensor(weights).detach().to(device="cpu", dtype=torch.float64)
         if w.ndim not in (2, 3) or any(s != w.shape[0] for s in w.shape):
             raise ValueError(f"filter must be a square (f, f) or cubic (f, f, f) array, got shape {tuple(w.shape)}")
@@ -156,8 +165,14 @@ class RBMProjector:
         if self.size < 2 or self.size % 2:
             block = "2x2" if self.d == 2 else "2x2x2"
             raise ValueError(f"filter size must be an even integer >= 2 (centred on a {block} block), got {self.size}")
+        if not (math.isfinite(block_weight) and block_weight >= 0):
+            raise ValueError(f"block_weight must be a finite number >= 0, got {block_weight!r}")
         sign = -1.0 if float(w.sum()) < 0 else 1.0
-        self.weights = (sign * w).to(dtype)
+        w = sign * w
+        if block_weight:
+            w = w + block_weight * torch.from_numpy(block_indicator(self.size, self.d))
+        self.block_weight = float(block_weight)
+        self.weights = w.to(dtype)
         self.dtype = dtype
 
     def check(self, shape: tuple[int, ...]) -> None:
