@@ -15,10 +15,16 @@ The whole pipeline on the 32 x 32 periodic Ising model at K_c, timed stage by st
    streamed in chunks straight into the MCRG accumulators of both transformations (never stored),
    N_r = 1, 2, N_c = 1..7 (even) and 1..4 (odd), 32 jackknife blocks, every filter and the
    majority rule on the same configurations;
-4. **exponent vs epoch** (the seed's Fig. 2): y_t(N_r = 1, N_c = 7) of the first filter after every
+4. **sector tuning** (issue 14; Ron, Brandt & Swendsen 2017): every filter plus ``alpha`` times the
+   block's total spin, for each ``alpha`` of ``--block-weights`` (default 0, 0.25, 0.5, 0.75, 1), on
+   the same MCRG set; per filter, ``alpha`` is chosen separately for y_t and y_h as the one whose
+   exponent (N_c = all) changes least from N_r = 1 to 2 (``deeprg.rsrg.tuning``: no knowledge of
+   the exact answer); the sector-tuned column averages the filters at their chosen weights;
+5. **exponent vs epoch** (the seed's Fig. 2): y_t(N_r = 1, N_c = 7) of the first filter after every
    epoch on the first ``--fig2`` configurations of the MCRG set (default 5 x 10^4, the seed's).
 
-Run from the repository root on a quiet machine (about 10 minutes on 2 cores)::
+Run from the repository root on a quiet machine (about 20 minutes on 2 cores; 10 with
+``--block-weights 0``)::
 
     python benchmarks/bench_rsrg.py               # writes benchmarks/results/rsrg.{json,md} and figures
     python benchmarks/bench_rsrg.py --quick --out /tmp/rsrg-smoke    # ~1 minute smoke run
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -50,6 +57,7 @@ from deeprg.models.ising import K_C  # noqa: E402
 from deeprg.plots import exponent_vs_epoch, filter_snapshots  # noqa: E402
 from deeprg.rsrg.mcrg import MCRGResult, mcrg, run_mcrg  # noqa: E402
 from deeprg.rsrg.train import RBMTrainConfig, Trainer  # noqa: E402
+from deeprg.rsrg.tuning import tune_sectors  # noqa: E402
 from deeprg.rsrg.transforms import MajorityRule, RBMProjector  # noqa: E402
 
 TABLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "chung_kao_2020_table1.csv"
@@ -120,10 +128,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the RBM projector in MCRG [1]; training always uses 1 (its "
                              "10 x 1024 x 256 products gain nothing from more, and lose much on a busy machine)")
+    parser.add_argument("--block-weights", default="0,0.25,0.5,0.75,1",
+                        help="block weights alpha of the sector tuning, comma-separated; '0' to skip it [0,0.25,0.5,0.75,1]")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="output directory")
     args = parser.parse_args(argv)
     if args.filters < 1:
         parser.error("--filters must be >= 1")
+    alphas = [float(a) for a in args.block_weights.split(",")]
+    if alphas[0] != 0 or any(a < 0 for a in alphas) or len(set(alphas)) != len(alphas):
+        parser.error("--block-weights must start with 0 (the learned filter) and list distinct values >= 0")
     quick = dict(train=2000, epochs=3, mcrg=20000, fig2=5000)
     full = dict(train=10_000, epochs=50, mcrg=1_000_000, fig2=50_000)
     sizes = {k: getattr(args, k) if getattr(args, k) is not None else (quick if args.quick else full)[k] for k in full}
@@ -147,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # 3. MCRG set, streamed into every transformation
     torch.set_num_threads(args.threads)
-    transforms = [RBMProjector(run["filters"][-1]) for run in runs] + [MajorityRule()]
+    # per filter: alpha = 0 (the learned projector) first, then the other block weights
+    transforms = [RBMProjector(run["filters"][-1], block_weight=a) for run in runs for a in alphas] + [MajorityRule()]
     kept, n_kept, thin = [], 0, None
     sampling = [0.0]
 
@@ -161,9 +175,15 @@ def main(argv: list[str] | None = None) -> None:
             yield spins
 
     t0 = time.perf_counter()
-    *per_filter, majority = run_mcrg(chunks(), (L, L), transforms, sizes["mcrg"], LEVELS, seed=args.seed,
-                                     n_blocks=BLOCKS)
+    *per_transform, majority = run_mcrg(chunks(), (L, L), transforms, sizes["mcrg"], LEVELS, seed=args.seed,
+                                        n_blocks=BLOCKS)
+    per_alpha = [per_transform[i * len(alphas) : (i + 1) * len(alphas)] for i in range(len(runs))]
+    per_filter = [results[0] for results in per_alpha]
     rbm = average(per_filter)
+    tunings = [tune_sectors(alphas, results) for results in per_alpha] if len(alphas) > 1 else []
+    tuned = None
+    if tunings:
+        tuned = average([dataclasses.replace(per_alpha[i][t.even.index], y_h=t.y_h) for i, t in enumerate(tunings)])
     seconds["sampling_mcrg_set"] = sampling[0]
     seconds["mcrg"] = time.perf_counter() - t0 - sampling[0]
     print(f"MCRG: {sizes['mcrg']} configurations; sampling {sampling[0]:.1f} s, MCRG {seconds['mcrg']:.1f} s", flush=True)
@@ -205,17 +225,23 @@ def main(argv: list[str] | None = None) -> None:
         "training_history": runs[0]["history"],
         "rbm_per_filter": [r.to_dict() for r in per_filter],
         "rbm_average": {k: [[{"mean": e.mean, "error": e.error} for e in row] for row in v] for k, v in rbm.items()},
+        "block_weights": alphas,
+        "sector_tuning_per_filter": [t.to_dict() for t in tunings],
+        "rbm_per_filter_per_block_weight": [[r.to_dict() for r in results] for results in per_alpha],
+        "sector_tuned_average": None if tuned is None else
+        {k: [[{"mean": e.mean, "error": e.error} for e in row] for row in v] for k, v in tuned.items()},
         "majority": majority.to_dict(),
         "exponent_vs_epoch": fig2,
         "figures": {"filters": f"{stem}_filters.png", "exponent_vs_epoch": f"{stem}_exponent_vs_epoch.png"},
         "published": {k: {f"{a},{b}": v for (a, b), v in col.items()} for k, col in published().items()},
     }
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(result, rbm, per_filter, majority))
+    (args.out / f"{stem}.md").write_text(markdown(result, rbm, per_filter, majority, tunings, tuned))
     print((args.out / f"{stem}.md").read_text())
 
 
-def markdown(r: dict, rbm: dict, per_filter: list[MCRGResult], majority: MCRGResult) -> str:
+def markdown(r: dict, rbm: dict, per_filter: list[MCRGResult], majority: MCRGResult, tunings: list,
+             tuned: dict | None) -> str:
     m, s, n = r["machine"], r["seconds"], r["sizes"]
     pub = published()
 
@@ -262,6 +288,27 @@ def markdown(r: dict, rbm: dict, per_filter: list[MCRGResult], majority: MCRGRes
     for seed, one, sec in zip(r["training_seeds"], per_filter, r["training_seconds_per_filter"]):
         lines.append(f"| {seed} | {fmt(one.y_t[0][6])} | {fmt(one.y_t[1][6])} | {sec:.0f} |")
     maj, opt = majority.y_t[0][6], rbm["y_t"][0][6]
+    if tuned is not None:
+        lines += ["", "## Sector-tuned projector (learned filter + alpha x block spin; issue 14)", "",
+                  f"Block weights alpha = {', '.join(f'{a:g}' for a in r['block_weights'])}; per filter, alpha is chosen "
+                  "separately for y_t and y_h as the one whose exponent at N_c = all changes least from N_r = 1 to "
+                  "N_r = 2 (gap = y(N_r=2) - y(N_r=1); the criterion of Ron, Brandt & Swendsen 2017, no exact value used).",
+                  "", "| seed | alpha for y_t | gap y_t | alpha for y_h | gap y_h |", "|---|---|---|---|---|"]
+        for seed, t in zip(r["training_seeds"], tunings):
+            ge, go = t.even.gaps[t.even.index], t.odd.gaps[t.odd.index]
+            lines.append(f"| {seed} | {t.even.parameter:g}{'' if t.even.resolved else ' (not resolved)'} | {fmt(ge)} "
+                         f"| {t.odd.parameter:g}{'' if t.odd.resolved else ' (not resolved)'} | {fmt(go)} |")
+        lines += ["", "| N_r | N_c | y_t sector-tuned | y_t learned | y_h sector-tuned | y_h learned | y_h majority |",
+                  "|---|---|---|---|---|---|---|"]
+        for nr in range(1, LEVELS + 1):
+            for nc in range(1, 8):
+                yh = (f"{fmt(tuned['y_h'][nr - 1][nc - 1])} | {fmt(rbm['y_h'][nr - 1][nc - 1])} | "
+                      f"{fmt(majority.y_h[nr - 1][nc - 1])}") if nc <= 4 else " | | "
+                lines.append(f"| {nr} | {nc} | {fmt(tuned['y_t'][nr - 1][nc - 1])} | {fmt(rbm['y_t'][nr - 1][nc - 1])} | {yh} |")
+        tt, th = tuned["y_t"][0][6], tuned["y_h"][0][3]
+        lines += ["", f"* sector-tuned y_h(N_r=1, N_c=4) = {fmt(th)} vs 1.875 +- 0.003: "
+                  f"{'met' if abs(th.mean - 1.875) <= 0.003 else 'not met'}; y_t(N_r=1, N_c=7) = {fmt(tt)} vs 1 +- 0.003: "
+                  f"{'met' if abs(tt.mean - 1.0) <= 0.003 else 'not met'} (issue 14's 2D target)."]
     lines += [
         "",
         "## Targets",

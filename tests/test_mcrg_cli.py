@@ -161,3 +161,62 @@ def test_exponent_vs_epoch_in_a_read_only_run(cli, files, run_copy, tmp_path):
 ])
 def test_exponent_vs_epoch_bad_numbers(cli, files, run_copy, tmp_path, argv, needles):
     refused(cli, ["rsrg", "exponent-vs-epoch", run_copy, "--data", files["data"], "--quiet", *argv], needles, tmp_path)
+
+
+def ising3d(path, L, n, seed):
+    from deeprg.models.ising import K_C_3D
+
+    run = make_sampler("wolff", Lattice.square(L, 3), K_C_3D, seed=seed, n_chains=1).run(n, thin=2, burn_in=50)
+    save_dataset(path, SpinDataset.new(run.spins_flat(), K=K_C_3D, sampler="wolff", updates_between_samples=2,
+                                       seed=seed))
+    return path
+
+
+@pytest.fixture(scope="module")
+def files3d(tmp_path_factory, files):
+    """8^3 and 12^3 data (100 configurations each) and a 2-epoch run with a 4^3 filter."""
+    from deeprg.cli import main
+
+    root = tmp_path_factory.mktemp("mcrg3d")
+    out = {"data": ising3d(root / "data.npz", 8, 100, 4), "data12": ising3d(root / "data12.npz", 12, 100, 5),
+           "run": root / "run3d", "run2d": files["run"], "data2d": files["data"]}
+    assert main(["rsrg", "train", "--data", str(out["data"]), "--filter", "4", "--epochs", "2", "--batch", "10",
+                 "--out", str(out["run"]), "--quiet"]) == 0
+    return out
+
+
+def test_mcrg_on_3d_data_reports_the_3d_operators_and_reference(cli, files3d):
+    status, out, _ = cli("mcrg", "--data", files3d["data"], "--transform", files3d["run"], "--levels", "1", "--json",
+                         "--quiet")
+    assert status == 0
+    s = json.loads(out)
+    assert s["d"] == 3 and s["lattice_shape"] == [8, 8, 8]
+    assert len(s["y_t"][0]) == 8 and len(s["y_h"][0]) == 6 and len(s["operators"]["odd"]) == 6
+    assert s["reference"]["y_t"] == pytest.approx(1.58737, abs=1e-5)
+    status, text, _ = cli("mcrg", "--data", files3d["data"], "--transform", "majority", "--levels", "1", "--quiet")
+    assert status == 0 and "8x8x8" in text and "y_h = 2.48185" in text
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("3d filter on 2d data", ["--transform", "3D (4x4x4) filter", "2D"]),
+    ("2d filter on 3d data", ["--transform", "2D (4x4) filter", "3D"]),
+    ("too many levels", ["--levels", "between 1 and 1", "2x2x2"]),
+    ("not divisible", ["--levels", "12x12x12", "not divisible"]),
+    ("exponent-vs-epoch across dimensions", ["RUN", "3D (4x4x4) filter", "2D"]),
+])
+def test_mcrg_across_dimensions_is_refused_before_any_work(cli, files3d, case, needles):
+    f = files3d
+    argv = {
+        "3d filter on 2d data": ["mcrg", "--data", f["data2d"], "--transform", f["run"], "--levels", "1"],
+        "2d filter on 3d data": ["mcrg", "--data", f["data"], "--transform", f["run2d"], "--levels", "1"],
+        "too many levels": ["mcrg", "--data", f["data"], "--transform", "majority", "--levels", "2"],
+        "not divisible": ["mcrg", "--data", f["data12"], "--transform", "majority", "--levels", "3"],
+        "exponent-vs-epoch across dimensions": ["rsrg", "exponent-vs-epoch", f["run"], "--data", f["data2d"]],
+    }[case]
+    refused(cli, [*argv, "--quiet"], needles, f["data"].parent, f["run"], f["data2d"].parent)
+
+
+def test_rsrg_train_refuses_a_filter_larger_than_the_3d_lattice(cli, files3d, tmp_path):
+    refused(cli, ["rsrg", "train", "--data", files3d["data"], "--filter", "10", "--out", tmp_path / "run", "--quiet"],
+            ["--filter", "larger than the lattice 8x8x8"], files3d["data"].parent)
+    assert not (tmp_path / "run").exists()
