@@ -15,7 +15,9 @@ The whole pipeline, timed stage by stage:
    ``alpha`` of ``--block-weights`` (``alpha = 0`` is the learned projector);
    ``N_r = 1 .. log2(L/4)``, all 8 even and 6 odd operators, 32 jackknife blocks;
 3. **sector tuning** (``deeprg.rsrg.tuning``): per filter and sector, the ``alpha`` whose exponent
-   at ``N_c`` = all changes least from ``N_r = 1`` to 2. The RBM columns average the filters,
+   at ``N_c`` = all changes least from ``N_r = 1`` to 2. With ``--family scale`` the tuned family
+   is the filter scaled by each ``s`` of ``--scales`` (a softer or sharper projection; ``s = 1`` is
+   the learned projector) instead of the block weight; results then go to ``rsrg3d_scale.*``. The RBM columns average the filters,
    with an error that adds their spread (``sd / sqrt(n)``) to the MCRG error.
 
 Reference values: y_t = 1/nu = 1.58737 and y_h = 3 - Delta_sigma = 2.48185 (conformal bootstrap,
@@ -25,6 +27,7 @@ Run from the repository root, alone on the machine::
 
     python benchmarks/bench_rsrg3d.py                       # L = 16 and 32, results/rsrg3d.{json,md} and figures
     python benchmarks/bench_rsrg3d.py --quick --out /tmp/rsrg3d-smoke   # ~2 minute smoke run
+    python benchmarks/bench_rsrg3d.py --family scale --sizes 16 --reuse-filters benchmarks/results/rsrg3d.json
 """
 
 from __future__ import annotations
@@ -92,10 +95,12 @@ def table(t: dict[str, list[list[Estimate]]] | MCRGResult) -> dict:
     return {k: [[{"mean": e.mean, "error": e.error} for e in row] for row in get(k)] for k in ("y_t", "y_h")}
 
 
-def mcrg_size(L: int, n: int, seed: int, filters: list[np.ndarray], alphas: list[float]) -> dict:
-    """MCRG of the majority rule and every (filter, alpha) on one stream of L^3 configurations."""
+def mcrg_size(L: int, n: int, seed: int, filters: list[np.ndarray], alphas: list[float], family: str) -> dict:
+    """MCRG of the majority rule and every (filter, parameter) on one stream of L^3 configurations."""
     levels = int(math.log2(L // OPS.min_extent))
-    transforms = [RBMProjector(w, block_weight=a) for w in filters for a in alphas] + [MajorityRule()]
+    make = (lambda w, a: RBMProjector(w, block_weight=a)) if family == "block" else (lambda w, a: RBMProjector(a * w))
+    learned_index = alphas.index(0.0 if family == "block" else 1.0)
+    transforms = [make(w, a) for w in filters for a in alphas] + [MajorityRule()]
     sampling, thin = [0.0], [None]
 
     def chunks():
@@ -117,7 +122,7 @@ def mcrg_size(L: int, n: int, seed: int, filters: list[np.ndarray], alphas: list
                                         on_chunk=progress)
     total = time.perf_counter() - t0
     per_alpha = [per_transform[i * len(alphas) : (i + 1) * len(alphas)] for i in range(len(filters))]
-    learned = [r[0] for r in per_alpha]
+    learned = [r[learned_index] for r in per_alpha]
     tunings = [tune_sectors(alphas, r) for r in per_alpha] if len(alphas) > 1 and levels >= 2 else []
     tuned = (average([dataclasses.replace(per_alpha[i][t.even.index], y_h=t.y_h) for i, t in enumerate(tunings)])
              if tunings else None)
@@ -194,8 +199,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--filter-size", type=int, default=4, help="filter size f (f^3 filter) [4]")
     parser.add_argument("--filters", type=int, default=4, help="filters, each on its own training set [4]")
     parser.add_argument("--mcrg", type=int, default=None, help="MCRG configurations per size [100000]")
+    parser.add_argument("--family", choices=("block", "scale"), default="block",
+                        help="tuned family: the filter plus alpha x block spin, or the filter times s [block]")
     parser.add_argument("--block-weights", default="0,0.25,0.5,0.75,1",
-                        help="block weights alpha of the sector tuning, starting with 0 [0,0.25,0.5,0.75,1]")
+                        help="block weights alpha of the sector tuning, with 0 [0,0.25,0.5,0.75,1]")
+    parser.add_argument("--scales", default="0.3,0.4,0.5,0.6,0.7,1",
+                        help="scales s of the sector tuning with --family scale, with 1 [0.3,0.4,0.5,0.6,0.7,1]")
+    parser.add_argument("--reuse-filters", type=Path, default=None,
+                        help="take the final filters (and their seeds) of an earlier run's JSON instead of training")
     parser.add_argument("--seed", type=int, default=2025, help="master seed [2025]")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="output directory")
     args = parser.parse_args(argv)
@@ -205,15 +216,20 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, k) is None:
             setattr(args, k, v)
     sizes = [int(x) for x in args.sizes.split(",")]
-    alphas = [float(a) for a in args.block_weights.split(",")]
-    if alphas[0] != 0 or any(a < 0 for a in alphas) or len(set(alphas)) != len(alphas):
-        parser.error("--block-weights must start with 0 (the learned filter) and list distinct values >= 0")
+    if args.family == "block":
+        alphas = [float(a) for a in args.block_weights.split(",")]
+        if 0.0 not in alphas or any(a < 0 for a in alphas) or len(set(alphas)) != len(alphas):
+            parser.error("--block-weights must include 0 (the learned filter) and list distinct values >= 0")
+    else:
+        alphas = [float(a) for a in args.scales.split(",")]
+        if 1.0 not in alphas or any(a <= 0 for a in alphas) or len(set(alphas)) != len(alphas):
+            parser.error("--scales must include 1 (the learned filter) and list distinct values > 0")
     if args.filters < 1:
         parser.error("--filters must be >= 1")
     if any(L < 8 or L & (L - 1) for L in sizes):
         parser.error("--sizes must be powers of 2 >= 8")
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "rsrg3d_quick" if args.quick else "rsrg3d"
+    stem = ("rsrg3d_quick" if args.quick else "rsrg3d") + ("_scale" if args.family == "scale" else "")
     command = "python benchmarks/bench_rsrg3d.py " + " ".join(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(1)
     t_start = time.perf_counter()
@@ -221,21 +237,30 @@ def main(argv: list[str] | None = None) -> None:
     train_seeds, mcrg_seeds = seeds[: args.filters], seeds[args.filters :]
 
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        runs = list(pool.map(train_filter, [args.train_L] * args.filters, [args.train] * args.filters,
-                             [args.epochs] * args.filters, [args.filter_size] * args.filters, train_seeds))
+    if args.reuse_filters is not None:
+        earlier = json.loads(args.reuse_filters.read_text())
+        train_seeds = earlier["training_seeds"]
+        for key in ("train_L", "train", "epochs", "filter_size", "filters"):
+            setattr(args, key, earlier[key])
+        runs = [{"filters": np.array([f]), "history": earlier["training_history"], "seconds": 0.0,
+                 "sampling_seconds": 0.0, "config": None} for f in earlier["final_filters"]]
+    else:
+        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+            runs = list(pool.map(train_filter, [args.train_L] * args.filters, [args.train] * args.filters,
+                                 [args.epochs] * args.filters, [args.filter_size] * args.filters, train_seeds))
     training_seconds = time.perf_counter() - t0
     print(f"training: {args.filters} filters in {training_seconds:.0f} s", flush=True)
     filters = [run["filters"][-1] for run in runs]
     results = []
     for L, seed in zip(sizes, mcrg_seeds):
-        results.append(mcrg_size(L, args.mcrg, seed, filters, alphas))
+        results.append(mcrg_size(L, args.mcrg, seed, filters, alphas, args.family))
         r = results[-1]
         print(f"L = {L}: sampling {r['sampling_seconds']:.0f} s, MCRG {r['mcrg_seconds']:.0f} s", flush=True)
     total = time.perf_counter() - t_start
 
-    shown = sorted({e for e in (1, 5) if e < args.epochs} | {args.epochs})
-    filter_snapshots(runs[0]["filters"][shown], shown, args.out / f"{stem}_filter.png",
+    shown = sorted({e for e in (1, 5) if e < args.epochs} | {args.epochs}) if args.reuse_filters is None else [args.epochs]
+    snapshots = runs[0]["filters"][shown] if args.reuse_filters is None else runs[0]["filters"]
+    filter_snapshots(snapshots, shown, args.out / f"{stem}_filter.png",
                      title=f"{args.filter_size}^3 RBM filter slice by slice, CD-3, {args.train} configurations of "
                      f"{args.train_L}^3 at K_c")
     figure(results, args.out / f"{stem}_exponents.png")
@@ -243,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     out = {
         "command": command, "machine": describe(), "seed": args.seed, "sizes": sizes, "train_L": args.train_L,
         "train": args.train, "epochs": args.epochs, "filter_size": args.filter_size, "filters": args.filters,
-        "block_weights": alphas, "mcrg": args.mcrg, "training_seeds": train_seeds, "reference": REF,
+        "family": args.family, "block_weights": alphas, "mcrg": args.mcrg,
+        "reused_filters": None if args.reuse_filters is None else str(args.reuse_filters), "training_seeds": train_seeds, "reference": REF,
         "operators": {"even": [op.name for op in OPS.even], "odd": [op.name for op in OPS.odd]},
         "seconds": {"training": training_seconds,
                     "sampling_training_sets": sum(r["sampling_seconds"] for r in runs),
@@ -282,7 +308,8 @@ def markdown(o: dict, results: list[dict]) -> str:
         f"trained on its own {o['train']} Wolff configurations of {o['train_L']}^3 ({o['epochs']} epochs of CD-3, "
         f"minibatch 10, Adam 1e-3 -> 1e-4); MCRG on {o['mcrg']} fresh Wolff configurations per size, "
         f"{BLOCKS} jackknife blocks; operators: even {', '.join(o['operators']['even'])}; odd "
-        f"{', '.join(o['operators']['odd'])}. Block weights {', '.join(f'{a:g}' for a in o['block_weights'])}. "
+        f"{', '.join(o['operators']['odd'])}. {'Block weights' if o['family'] == 'block' else 'Scales'} {', '.join(f'{a:g}' for a in o['block_weights'])}"
+        f"{'' if o['reused_filters'] is None else ' (filters reused from ' + o['reused_filters'] + ', so no training time)'}. "
         f"Reference: y_t = {REF['y_t']:.5f}, y_h = {REF['y_h']:.5f} ({REF['source']}).",
         "",
         "## Wall time (seconds)",
@@ -308,13 +335,14 @@ def markdown(o: dict, results: list[dict]) -> str:
                     cells += ["", "", ""]
                 lines.append(f"| {nr + 1} | {nc + 1} | " + " | ".join(cells) + " |")
         if r["tunings"]:
-            lines += ["", "Sector tuning per filter (chosen alpha; gap = y(N_r=2) - y(N_r=1) at N_c = all):", "",
-                      "| filter seed | alpha for y_t | gap | alpha for y_h | gap |", "|---|---|---|---|---|"]
+            p = "alpha" if o["family"] == "block" else "scale"
+            lines += ["", f"Sector tuning per filter (chosen {p}; gap = y(N_r=2) - y(N_r=1) at N_c = all):", "",
+                      f"| filter seed | {p} for y_t | gap | {p} for y_h | gap |", "|---|---|---|---|---|"]
             for seed, t in zip(o["training_seeds"], r["tunings"]):
                 lines.append(f"| {seed} | {t.even.parameter:g}{'' if t.even.resolved else ' (not resolved)'} "
                              f"| {fmt(t.even.gaps[t.even.index])} | {t.odd.parameter:g}"
                              f"{'' if t.odd.resolved else ' (not resolved)'} | {fmt(t.odd.gaps[t.odd.index])} |")
-        lines += ["", f"y_t and y_h (N_c = all) of each filter, learned (alpha = 0):", "",
+        lines += ["", "y_t and y_h (N_c = all) of each filter, learned (alpha = 0, scale 1):", "",
                   "| filter seed | " + " | ".join(f"y_t N_r={k + 1}" for k in range(r["levels"])) + " | "
                   + " | ".join(f"y_h N_r={k + 1}" for k in range(r["levels"])) + " |",
                   "|---|" + "---|" * (2 * r["levels"])]

@@ -101,6 +101,9 @@ def test_mcrg_takes_the_largest_seed_and_the_most_blocks(cli, files):
     (["--block-weights", "0,-1"], ["--block-weights", ">= 0"]),
     (["--block-weights", "0,nan"], ["--block-weights", ">= 0"]),
     (["--block-weights", "0,x"], ["--block-weights", "numbers"]),
+    (["--scales", "0,1"], ["--scales", "> 0"]),
+    (["--scales", "1,2", "--block-weights", "0,1"], ["not allowed with"]),
+    (["--transform", "majority", "--scales", "1,2"], ["--scales", "RBM projector"]),
 ])
 def test_mcrg_block_weights_bad_input(cli, files, argv, needles):
     base = ["mcrg", "--data", files["data"], "--transform", files["run"], "--quiet"]
@@ -115,15 +118,21 @@ def test_mcrg_block_weights_choose_per_sector(cli, files):
     assert status == 0
     s = json.loads(out)
     tuning = s["sector_tuning"]
-    assert s["block_weights"] == [0.0, 0.5, 2.0] and len(s["per_block_weight"]) == 3
+    assert s["tuning_family"] == "block_weight" and s["tuning_parameters"] == [0.0, 0.5, 2.0]
+    assert len(s["per_parameter"]) == 3
     for sector, key in (("even", "y_t"), ("odd", "y_h")):
         gaps = [math.inf if g["mean"] is None else abs(g["mean"]) for g in tuning[sector]["gaps"]]
         k = gaps.index(min(gaps))
         assert tuning[sector]["chosen"] == [0.0, 0.5, 2.0][k]
-        assert s[key] == s["per_block_weight"][k][key]
+        assert s[key] == s["per_parameter"][k][key]
     status, text, _ = cli("mcrg", "--data", files["data"], "--transform", files["run"], "--block-weights", "0,0.5,2",
                           "--quiet")
     assert status == 0 and "y_t: block weight" in text and "y_h: block weight" in text
+    status, out, _ = cli("mcrg", "--data", files["data"], "--transform", files["run"], "--scales", "0.5,1", "--json",
+                         "--quiet")
+    assert status == 0
+    s = json.loads(out)
+    assert s["tuning_family"] == "scale" and s["tuning_parameters"] == [0.5, 1.0] and len(s["per_parameter"]) == 2
 
 
 @pytest.fixture

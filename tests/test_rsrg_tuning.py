@@ -86,6 +86,9 @@ def test_tuning_refuses_what_it_cannot_compare():
         tune_sectors([0.0], [one])
     with pytest.raises(ValueError, match="2 MCRG results for 3"):
         tune_sectors([0.0, 1.0, 2.0], [one, one])
+    undefined = tune_sectors([0.0, 1.0], [result((math.nan, 1.9), (1.0, 1.9)), result((1.0, math.nan), (math.nan, 1.9))])
+    assert undefined.even.parameter == 0.0 and not undefined.even.resolved  # no finite gap: first, unresolved
+    assert undefined.odd.parameter == 0.0 and undefined.odd.resolved  # the only finite gap
     short = MCRGResult("rbm", 1, 100, 10, one.y_t[:1], one.y_h[:1])
     with pytest.raises(ValueError, match="levels >= 2"):
         tune_sectors([0.0, 1.0], [one, short])

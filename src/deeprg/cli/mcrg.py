@@ -69,11 +69,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     m.add_argument("--transform", required=True, metavar="majority|decimation|RUN",
                    help="majority rule, decimation, or the trained RBM projector of a run directory")
-    m.add_argument("--block-weights", type=block_weights, metavar="A,B,...",
-                   help="with a RUN: also measure the filter plus alpha times the block's total spin for each "
-                   "alpha >= 0 listed (at least 2, e.g. 0,0.25,0.5,0.75,1) and choose alpha separately for y_t "
-                   "and y_h as the one whose exponent changes least from N_r = 1 to 2 (Ron, Brandt & Swendsen "
-                   "2017); needs --levels >= 2")
+    tuned = m.add_mutually_exclusive_group()
+    tuned.add_argument("--block-weights", type=parameter_list(0.0, True), metavar="A,B,...",
+                       help="with a RUN: measure the filter plus alpha times the block's total spin for each "
+                       "alpha >= 0 listed (at least 2, e.g. 0,0.25,0.5,0.75,1) and choose alpha separately for y_t "
+                       "and y_h as the one whose exponent changes least from N_r = 1 to 2 (Ron, Brandt & Swendsen "
+                       "2017); needs --levels >= 2")
+    tuned.add_argument("--scales", type=parameter_list(0.0, False), metavar="S,T,...",
+                       help="with a RUN: the same sector tuning over the filter scaled by each s > 0 listed (a softer "
+                       "or sharper projection, e.g. 0.4,0.5,0.6,0.8,1); needs --levels >= 2")
     _add_mcrg_options(m, levels=2)
     m.set_defaults(run=run_mcrg_command)
 
@@ -110,17 +114,24 @@ def _transform(value: str) -> RGTransform:
     return RBMProjector(filters[-1])
 
 
-def block_weights(value: str) -> tuple[float, ...]:
-    """argparse type of ``--block-weights``: at least 2 distinct finite numbers >= 0, comma-separated."""
-    try:
-        values = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated numbers >= 0, got {value!r}") from None
-    if len(values) < 2 or len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"must list at least 2 distinct values, got {value!r}")
-    if not all(math.isfinite(v) and v >= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"every value must be a finite number >= 0, got {value!r}")
-    return values
+def parameter_list(low: float, inclusive: bool):
+    """argparse type of ``--block-weights`` / ``--scales``: at least 2 distinct finite numbers
+    ``>= low`` (``> low`` unless ``inclusive``), comma-separated."""
+    bound = f"{'>=' if inclusive else '>'} {low:g}"
+
+    def parse(value: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in value.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be comma-separated numbers {bound}, got {value!r}") from None
+        if len(values) < 2 or len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"must list at least 2 distinct values, got {value!r}")
+        if not all(math.isfinite(v) and (v >= low if inclusive else v > low) for v in values):
+            raise argparse.ArgumentTypeError(f"every value must be a finite number {bound}, got {value!r}")
+        return values
+
+    parse.__name__ = "list of numbers"
+    return parse
 
 
 def _check_mcrg(args: argparse.Namespace, ds: SpinDataset, transforms: list[RGTransform],
@@ -173,13 +184,17 @@ def run_mcrg_command(args: argparse.Namespace) -> int:
     ds = _load_data(args.data)
     transform = _transform(args.transform)
     transforms = [transform]
-    if args.block_weights is not None:
+    family, option = ("block_weight", "--block-weights") if args.block_weights is not None else ("scale", "--scales")
+    parameters = args.block_weights if args.block_weights is not None else args.scales
+    if parameters is not None:
         if not isinstance(transform, RBMProjector):
-            raise UsageError("--block-weights: applies to the RBM projector of a run directory, not to "
+            raise UsageError(f"{option}: applies to the RBM projector of a run directory, not to "
                              f"--transform {args.transform}")
         if args.levels < 2:
-            raise UsageError(f"--levels: --block-weights compares N_r = 1 and 2, so it needs --levels >= 2, got {args.levels}")
-        transforms = [RBMProjector(transform.weights.double().numpy(), block_weight=a) for a in args.block_weights]
+            raise UsageError(f"--levels: {option} compares N_r = 1 and 2, so it needs --levels >= 2, got {args.levels}")
+        w = transform.weights.double().numpy()
+        transforms = [RBMProjector(w, block_weight=a) if family == "block_weight" else RBMProjector(a * w)
+                      for a in parameters]
     _check_mcrg(args, ds, transforms)
     results = _run(args, ds, transforms)
     result = results[0]
@@ -189,12 +204,12 @@ def run_mcrg_command(args: argparse.Namespace) -> int:
                "lattice_shape": shape, "K": ds.metadata["K"], "seed": args.seed,
                "seconds": sum(r.seconds for r in results), "reference": reference}
     tuning = None
-    if args.block_weights is not None:
-        tuning = tune_sectors(args.block_weights, results)
+    if parameters is not None:
+        tuning = tune_sectors(parameters, results)
         result = dataclasses.replace(results[tuning.even.index], y_h=tuning.y_h, transform="rbm, sector-tuned")
         summary.update(y_t=result.to_dict()["y_t"], y_h=result.to_dict()["y_h"], transform=result.transform,
-                       block_weights=list(args.block_weights), sector_tuning=tuning.to_dict(),
-                       per_block_weight=[r.to_dict() for r in results])
+                       tuning_family=family, tuning_parameters=list(parameters), sector_tuning=tuning.to_dict(),
+                       per_parameter=[r.to_dict() for r in results])
     if args.json:
         print_json(summary)
         return 0
@@ -202,16 +217,17 @@ def run_mcrg_command(args: argparse.Namespace) -> int:
     print(f"MCRG of {args.data}: Ising {'x'.join(map(str, shape))}, K = {ds.metadata['K']:.10g}; {name}, b = 2; "
           f"{result.n_configurations} configurations in {result.n_blocks} jackknife blocks; seed {args.seed}")
     if tuning is not None:
-        print(format_tuning(tuning))
+        print(format_tuning(tuning, family))
     print(format_table(result))
     print(f"{len(shape)}D Ising, {reference['source']}: y_t = {reference['y_t']:.6g}, y_h = {reference['y_h']:.6g}")
     return 0
 
 
 # ---- rsrg exponent-vs-epoch ------------------------------------------------------------------
-def format_tuning(tuning: SectorTuning) -> str:
-    """Gaps y(N_r = 2) - y(N_r = 1) per block weight and sector, and the choices."""
-    lines = [f"{'alpha':>7}   {'gap y_t (N_c = ' + str(tuning.even.n_c) + ')':<22} {'gap y_h (N_c = ' + str(tuning.odd.n_c) + ')':<22}"]
+def format_tuning(tuning: SectorTuning, family: str) -> str:
+    """Gaps y(N_r = 2) - y(N_r = 1) per parameter and sector, and the choices."""
+    name = {"block_weight": "alpha", "scale": "scale"}[family]
+    lines = [f"{name:>7}   {'gap y_t (N_c = ' + str(tuning.even.n_c) + ')':<22} {'gap y_h (N_c = ' + str(tuning.odd.n_c) + ')':<22}"]
     for k, alpha in enumerate(tuning.even.parameters):
         e, o = tuning.even.gaps[k], tuning.odd.gaps[k]
         mark_e = "*" if k == tuning.even.index else " "
@@ -219,7 +235,7 @@ def format_tuning(tuning: SectorTuning) -> str:
         lines.append(f"{alpha:>7g}   {format_value_error(e.mean, e.error) + mark_e:<22} {format_value_error(o.mean, o.error) + mark_o:<22}")
     for choice, key in ((tuning.even, "y_t"), (tuning.odd, "y_h")):
         note = "" if choice.resolved else " (not resolved: the runner-up's gap is within the errors)"
-        lines.append(f"{key}: block weight {choice.parameter:g}{note}")
+        lines.append(f"{key}: {family.replace('_', ' ')} {choice.parameter:g}{note}")
     return "\n".join(lines)
 
 

@@ -39,8 +39,9 @@ class SectorChoice:
     """The parameter chosen for one sector (``"even"``: y_t, ``"odd"``: y_h).
 
     ``gaps[k]`` is ``y(N_r = 2) - y(N_r = 1)`` at ``N_c = n_c`` for ``parameters[k]``, with the
-    error ``sqrt(err_1^2 + err_2^2)``; ``index`` is the smallest ``|gap|``. ``resolved`` is
-    False when the chosen gap and the runner-up's differ by less than their combined error."""
+    error ``sqrt(err_1^2 + err_2^2)``; ``index`` is the smallest finite ``|gap|`` (0 if no gap is
+    finite). ``resolved`` is False when no gap is finite or when the chosen gap and the
+    runner-up's differ by less than their combined error."""
 
     sector: str
     n_c: int
@@ -54,10 +55,12 @@ class SectorChoice:
 
     @property
     def resolved(self) -> bool:
-        if len(self.gaps) < 2:
+        if not math.isfinite(self.gaps[self.index].mean):
+            return False
+        finite = sorted((g for g in self.gaps if math.isfinite(g.mean)), key=lambda g: abs(g.mean))
+        if len(finite) < 2:
             return True
-        order = sorted(range(len(self.gaps)), key=lambda k: abs(self.gaps[k].mean))
-        best, second = self.gaps[order[0]], self.gaps[order[1]]
+        best, second = finite[0], finite[1]
         return abs(second.mean) - abs(best.mean) > math.hypot(best.error, second.error)
 
     def to_dict(self) -> dict:
@@ -111,9 +114,7 @@ def tune_sectors(parameters: Sequence[float], results: Sequence[MCRGResult]) -> 
             gap = two.mean - one.mean
             gaps.append(Estimate(gap, math.hypot(one.error, two.error), math.nan, math.nan, one.n_samples))
         finite = [k for k, g in enumerate(gaps) if math.isfinite(g.mean)]
-        if not finite:
-            raise ValueError(f"no candidate has a finite {key} at N_r = 1 and 2")
-        index = min(finite, key=lambda k: abs(gaps[k].mean))
+        index = min(finite, key=lambda k: abs(gaps[k].mean)) if finite else 0  # none finite: unresolved
         choices[sector] = SectorChoice(sector, n_c, params, tuple(gaps), index)
     return SectorTuning(choices["even"], choices["odd"], results[choices["even"].index].y_t,
                         results[choices["odd"].index].y_h)
