@@ -85,14 +85,19 @@ def train_filter(n_train: int, epochs: int, seed: int) -> dict:
     t0 = time.perf_counter()
     train = np.concatenate([s for s, _, _ in sample(n_train, seed, chunk=n_train // 2)])
     sampling = time.perf_counter() - t0
-    cfg = RBMTrainConfig(epochs=epochs, seed=seed, threads=1)
+    return train_on(train, RBMTrainConfig(epochs=epochs, seed=seed, threads=1), sampling)
+
+
+def train_on(train: np.ndarray, cfg: RBMTrainConfig, sampling_seconds: float) -> dict:
+    """Train one filter on ``train`` with ``cfg``, printing each epoch: the filter after every
+    epoch, the history, the training seconds and the given sampling seconds."""
     trainer = Trainer(cfg, train)
     t0 = time.perf_counter()
     trainer.train(on_record=lambda rec: (r := rec["epoch"]) and print(
-        f"  seed {seed} epoch {r['epoch']:3d}  cd_gap {r['cd_gap']:9.4f}  max|w| {r['filter_max_abs']:.3f}  "
+        f"  seed {cfg.seed} epoch {r['epoch']:3d}  cd_gap {r['cd_gap']:9.4f}  max|w| {r['filter_max_abs']:.3f}  "
         f"{r['seconds']:.0f} s", flush=True))
     return {"config": cfg.to_dict(), "filters": trainer.filter_history, "history": trainer.history,
-            "seconds": time.perf_counter() - t0, "sampling_seconds": sampling}
+            "seconds": time.perf_counter() - t0, "sampling_seconds": sampling_seconds}
 
 
 def average(results: list[MCRGResult]) -> dict[str, list[list[Estimate]]]:

@@ -28,6 +28,8 @@ Run from the repository root, alone on the machine::
     python benchmarks/bench_rsrg3d.py                       # L = 16 and 32, results/rsrg3d.{json,md} and figures
     python benchmarks/bench_rsrg3d.py --quick --out /tmp/rsrg3d-smoke   # ~2 minute smoke run
     python benchmarks/bench_rsrg3d.py --family scale --sizes 16 --reuse-filters benchmarks/results/rsrg3d.json
+    python benchmarks/bench_rsrg3d.py --family scale --sizes 32 --scales 0.4,0.45,0.5,0.55,0.6,1 \
+        --reuse-filters benchmarks/results/rsrg3d.json --stem rsrg3d_scale_L32
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench_rsrg import average  # noqa: E402
+from bench_rsrg import average, train_on  # noqa: E402
 from machine import describe  # noqa: E402
 
 from deeprg import Lattice  # noqa: E402
@@ -59,7 +61,7 @@ from deeprg.models.ising import K_C_3D  # noqa: E402
 from deeprg.plots import filter_snapshots  # noqa: E402
 from deeprg.rsrg.mcrg import REFERENCE_EXPONENTS, MCRGResult, run_mcrg  # noqa: E402
 from deeprg.rsrg.operators import operator_set  # noqa: E402
-from deeprg.rsrg.train import RBMTrainConfig, Trainer  # noqa: E402
+from deeprg.rsrg.train import RBMTrainConfig  # noqa: E402
 from deeprg.rsrg.transforms import MajorityRule, RBMProjector  # noqa: E402
 from deeprg.rsrg.tuning import tune_sectors  # noqa: E402
 
@@ -80,14 +82,7 @@ def train_filter(L: int, n_train: int, epochs: int, f: int, seed: int) -> dict:
     t0 = time.perf_counter()
     train = np.concatenate([s for s, _, _ in sample(L, n_train, seed, chunk=max(2, n_train // 2))])
     sampling = time.perf_counter() - t0
-    cfg = RBMTrainConfig(filter_size=f, epochs=epochs, seed=seed, threads=1)
-    trainer = Trainer(cfg, train)
-    t0 = time.perf_counter()
-    trainer.train(on_record=lambda rec: (r := rec["epoch"]) and print(
-        f"  seed {seed} epoch {r['epoch']:3d}  cd_gap {r['cd_gap']:9.4f}  max|w| {r['filter_max_abs']:.3f}  "
-        f"{r['seconds']:.0f} s", flush=True))
-    return {"config": cfg.to_dict(), "filters": trainer.filter_history, "history": trainer.history,
-            "seconds": time.perf_counter() - t0, "sampling_seconds": sampling}
+    return train_on(train, RBMTrainConfig(filter_size=f, epochs=epochs, seed=seed, threads=1), sampling)
 
 
 def table(t: dict[str, list[list[Estimate]]] | MCRGResult) -> dict:
@@ -208,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse-filters", type=Path, default=None,
                         help="take the final filters (and their seeds) of an earlier run's JSON instead of training")
     parser.add_argument("--seed", type=int, default=2025, help="master seed [2025]")
+    parser.add_argument("--stem", default=None,
+                        help="name of the result files [rsrg3d, rsrg3d_scale with --family scale, *_quick with --quick]")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="output directory")
     args = parser.parse_args(argv)
     quick = dict(sizes="16", train_L=8, train=2000, epochs=2, mcrg=4000)
@@ -230,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--sizes must be powers of 2 >= 8")
     args.out.mkdir(parents=True, exist_ok=True)
     stem = ("rsrg3d_quick" if args.quick else "rsrg3d") + ("_scale" if args.family == "scale" else "")
+    stem = args.stem or stem
     command = "python benchmarks/bench_rsrg3d.py " + " ".join(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(1)
     t_start = time.perf_counter()
