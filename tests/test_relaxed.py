@@ -71,14 +71,21 @@ def numpy_log_prob(lattice, K, alpha, x):
 
 
 # ---- RelaxedIsing: construction and exact ln Z ------------------------------------------------
+@pytest.mark.parametrize("method", ["fft", "dense"])
 @pytest.mark.parametrize("shape", [(2, 2), (4, 4), (3, 4), (6,), (2, 2, 2)])
-def test_alpha_sets_lowest_eigenvalue(shape):
+def test_alpha_sets_lowest_eigenvalue(shape, method):
     lat = Lattice(shape)
-    target = RelaxedIsing(lat, 0.37, min_eigenvalue=0.25)
+    target = RelaxedIsing(lat, 0.37, min_eigenvalue=0.25, method=method)
+    assert target.method == method
     assert target.alpha == pytest.approx(0.25 - lowest_eigenvalue(lat, 0.37), abs=1e-13)
-    precision = target.precision.numpy()
-    assert target.precision.dtype == torch.float64
-    assert np.linalg.eigvalsh(np.linalg.inv(precision))[0] == pytest.approx(0.25, abs=1e-12)
+    if method == "dense":
+        assert target.precision.dtype == torch.float64
+        a = np.linalg.inv(target.precision.numpy())
+    else:
+        assert target.operator.eigenvalues.dtype == torch.float64
+        a = target.operator.to_dense().numpy()
+    assert np.linalg.eigvalsh(a)[0] == pytest.approx(0.25, abs=1e-12)
+    assert target.lowest_eigenvalue == pytest.approx(0.25, abs=1e-12)
     assert target.event_shape == shape and target.lattice == lat and target.K == 0.37
     assert isinstance(target, Target)
 
@@ -147,7 +154,8 @@ def test_log_prob_gradient_and_large_fields():
     x = torch.linspace(-3.0, 3.0, 18, dtype=torch.float64).reshape(2, 3, 3).requires_grad_(True)
     target.log_prob_unnormalized(x).sum().backward()
     flat = x.detach().reshape(2, 9)
-    expected = -flat @ target.precision + torch.tanh(flat)  # d ln pi / dx
+    precision = torch.from_numpy(np.linalg.inv(lat.coupling_matrix(K_C) + target.alpha * np.eye(9)))
+    expected = -flat @ precision + torch.tanh(flat)  # d ln pi / dx
     torch.testing.assert_close(x.grad.reshape(2, 9), expected, rtol=1e-12, atol=1e-12)
     big = torch.tensor([1e4, -1e4, 800.0, -90.0], dtype=torch.float32)
     torch.testing.assert_close(log_cosh(big), big.abs() - math.log(2.0))
@@ -205,10 +213,12 @@ def test_bad_alpha_and_min_eigenvalue():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_relaxed_ising_on_cuda():
-    target = RelaxedIsing(Lattice((4, 4)), K_C).to("cuda")
+@pytest.mark.parametrize("method", ["fft", "dense"])
+def test_relaxed_ising_on_cuda(method):
+    target = RelaxedIsing(Lattice((4, 4)), K_C, method=method).to("cuda")
     x = torch.randn(3, 4, 4, device="cuda")
-    assert target.precision.dtype == torch.float64
+    buffer = target.precision if method == "dense" else target.operator.eigenvalues
+    assert buffer.dtype == torch.float64 and buffer.device.type == "cuda"
     out = target.log_prob_unnormalized(x)
     assert out.device == x.device and out.dtype == torch.float32
     s = target.sample_spins(x, generator=torch.Generator("cuda").manual_seed(0))

@@ -69,12 +69,56 @@ def main(argv: list[str] | None = None) -> int:
     from deeprg.runs import CheckpointMismatch
 
     try:
-        return args.run(args)
-    except (UsageError, DatasetError, ConfigError, CheckpointMismatch, argparse.ArgumentTypeError) as err:
+        joined = _join_processes(args, argv)
+    except (UsageError, ValueError) as err:
         parser.exit(2, f"deeprg: error: {err}\n")
+    mismatch, lost = (), ()
+    if joined:
+        from deeprg.distributed import DistributedMismatch, PeerLost
+
+        mismatch, lost = (DistributedMismatch,), (PeerLost,)
+    try:
+        return args.run(args)
+    except (UsageError, DatasetError, ConfigError, CheckpointMismatch, argparse.ArgumentTypeError, *mismatch) as err:
+        parser.exit(2, f"deeprg: error: {err}\n")
+    except lost as err:
+        print(f"deeprg: error: {err}; nothing more was written", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("deeprg: interrupted; nothing was written", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:
+        if joined:
+            from deeprg import distributed
+
+            distributed.shutdown()
+
+
+def _join_processes(args: argparse.Namespace, argv: list[str]) -> bool:
+    """Under ``torchrun`` with several processes, join the process group (the commands that
+    split their work set ``distributed=True`` in their parser defaults; the others are refused)
+    and check that every process got the same command line. Returns whether a group was joined.
+    Torch is imported only then."""
+    if int(os.environ.get("WORLD_SIZE", "1") or "1") <= 1:
+        return False
+    if not getattr(args, "distributed", False):
+        words = " ".join(w for w in (args.command, getattr(args, "action", None)) if w)
+        raise UsageError(f"'deeprg {words}' runs on one process only; start it without torchrun "
+                         "(see docs/scaling.md for the commands that run on several)")
+    from deeprg import distributed
+
+    try:
+        world = distributed.init(getattr(args, "device", None) or "cpu")
+    except distributed.PeerLost as err:
+        raise UsageError(str(err)) from None
+    try:
+        world.check_same(argv, "command lines")
+    except BaseException as err:
+        distributed.shutdown()  # a live group torn down at exit can abort ("terminate called ...")
+        if isinstance(err, distributed.PeerLost):
+            raise UsageError(str(err)) from None
+        raise
+    return True

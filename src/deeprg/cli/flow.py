@@ -89,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--config file, which overrides the defaults; --resume continues the run's saved config.",
     )
     add_train_options(q, COMMAND, out_default="flow-run")
-    q.set_defaults(run=lambda args: train(args, COMMAND))
+    q.set_defaults(run=lambda args: train(args, COMMAND), distributed=True)
     flow_tools.add_actions(actions)
 
 
@@ -152,6 +152,21 @@ def _finish(trainer, run, context) -> tuple[dict, list[str]]:
     return metrics, lines
 
 
+def _prepare(args) -> dict:
+    """Under ``torchrun`` the threads per process default to the cores shared by the node's
+    processes (:func:`deeprg.distributed.default_threads`) unless ``--threads`` or the config
+    file sets them."""
+    from deeprg.config import read_toml
+    from deeprg.distributed import current, default_threads
+
+    world = current()
+    if not world.distributed or args.threads is not None:
+        return {}
+    if args.config is not None and "threads" in read_toml(args.config):
+        return {}
+    return {"threads": default_threads(world)}
+
+
 def _build(cfg, context):
     from deeprg.flows.train import Trainer
 
@@ -163,7 +178,7 @@ COMMAND = TrainCommand(
     config_class=FlowTrainConfig,
     options=OPTIONS,
     unit="step",
-    prepare=lambda args: {},
+    prepare=_prepare,
     memory=lambda cfg, context: cfg.memory_estimate(),
     build=_build,
     provenance=lambda trainer, context: {},

@@ -45,7 +45,7 @@ from deeprg.flows.estimators import (
     ising_observables,
 )
 from deeprg.flows.sampling import SPACES, STARTS, hmc_in_space, starting_fields
-from deeprg.flows.train import Trainer, load_run, variational_free_energy
+from deeprg.flows.train import Trainer, evaluation_batch, load_run, variational_free_energy
 from deeprg.mc.hmc import HMCDivergence
 from deeprg.mc.reference import ising_reference
 from deeprg.mc.stats import Estimate, estimate, format_value_error
@@ -263,8 +263,9 @@ def _variational_bound(flow, target, n: int, generator: torch.Generator, bar: tq
     pooled."""
     parts = []
     bar.total = n
-    for start in range(0, n, BOUND_BATCH):
-        parts.append(variational_free_energy(flow, target, min(BOUND_BATCH, n - start), batch=BOUND_BATCH,
+    step = min(BOUND_BATCH, evaluation_batch(flow.n_sites))
+    for start in range(0, n, step):
+        parts.append(variational_free_energy(flow, target, min(step, n - start), batch=step,
                                              generator=generator))
         bar.update(parts[-1].n_samples)
     mean = sum(p.mean * p.n_samples for p in parts) / n

@@ -1,5 +1,11 @@
 """``deeprg mcrg`` and ``deeprg rsrg exponent-vs-epoch``: Monte Carlo RG exponents y_t and y_h of
-an RG transformation (majority rule, decimation, or the RBM projector of an ``rsrg train`` run)."""
+an RG transformation (majority rule, decimation, or the RBM projector of an ``rsrg train`` run).
+
+Both run unchanged under ``torchrun --nproc-per-node N``: every process reads the data, transforms
+its share of the configurations (:func:`deeprg.rsrg.mcrg.configuration_share`) and the exact
+integer moments are summed across processes, so the exponents are bit-identical whatever the
+number of processes; rank 0 alone prints and writes.
+"""
 
 from __future__ import annotations
 
@@ -21,12 +27,15 @@ from deeprg.cli.common import (
     writable_file,
 )
 from deeprg.data import SpinDataset, load_dataset
+from deeprg.distributed import current, default_threads
 from deeprg.mc.stats import format_value_error
 from deeprg.plots import exponent_vs_epoch
 from deeprg.rsrg.mcrg import (
     REFERENCE_EXPONENTS,
     MCRGResult,
+    MomentOverflow,
     check_mcrg_levels,
+    configuration_share,
     max_blocks,
     minimum_configurations,
     run_mcrg,
@@ -55,7 +64,7 @@ def add_exponent_vs_epoch(actions: argparse._SubParsersAction) -> None:
     _add_mcrg_options(e, levels=1)
     e.add_argument("--couplings", type=int_at_least(1), default=7,
                    help=f"N_c even couplings, 1 .. the number of even operators ({_counts('even')}) [7]")
-    e.set_defaults(run=run_exponent_vs_epoch)
+    e.set_defaults(run=run_exponent_vs_epoch, distributed=True)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -79,7 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="with a RUN: the same sector tuning over the filter scaled by each s > 0 listed (a softer "
                        "or sharper projection, e.g. 0.4,0.5,0.6,0.8,1); needs --levels >= 2")
     _add_mcrg_options(m, levels=2)
-    m.set_defaults(run=run_mcrg_command)
+    m.set_defaults(run=run_mcrg_command, distributed=True)
 
 
 def _add_mcrg_options(p: argparse.ArgumentParser, levels: int) -> None:
@@ -89,7 +98,8 @@ def _add_mcrg_options(p: argparse.ArgumentParser, levels: int) -> None:
     p.add_argument("--blocks", type=int_at_least(2), default=32,
                    help="jackknife blocks, 2 .. half the configurations [32]")
     p.add_argument("--seed", type=seed, default=0, help="random seed of the transformations, 0 .. 2^64 - 1 [0]")
-    p.add_argument("--threads", type=cpu_threads, help="torch CPU threads (RBM projector), 1 .. the number of CPUs")
+    p.add_argument("--threads", type=cpu_threads, help="torch CPU threads per process (RBM projector), 1 .. the number "
+                   "of CPUs [torch's default; under torchrun the cores / processes on this node]")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -155,16 +165,23 @@ def _check_mcrg(args: argparse.Namespace, ds: SpinDataset, transforms: list[RGTr
 
 
 def _run(args: argparse.Namespace, ds: SpinDataset, transforms: list[RGTransform]) -> list[MCRGResult]:
-    if args.threads is not None:
+    """MCRG of ``transforms`` on the data, this process's share of it under torchrun."""
+    world = current()
+    threads = args.threads if args.threads is not None or not world.distributed else default_threads(world)
+    if threads is not None:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     chunk = 4096
-    spins = ds.spins
-    bar = tqdm(total=ds.n, disable=args.quiet, desc="mcrg", unit="config", file=sys.stderr, dynamic_ncols=True)
+    share = configuration_share(ds.n, world)
+    spins = ds.spins[share]
+    bar = tqdm(total=len(spins), disable=args.quiet or not world.main, desc="mcrg", unit="config", file=sys.stderr,
+               dynamic_ncols=True)
     try:
-        return run_mcrg((spins[i : i + chunk] for i in range(0, ds.n, chunk)), spins.shape[1:], transforms, ds.n,
-                        args.levels, args.seed, args.blocks, on_chunk=bar.update)
+        return run_mcrg((spins[i : i + chunk] for i in range(0, len(spins), chunk)), spins.shape[1:], transforms,
+                        ds.n, args.levels, args.seed, args.blocks, on_chunk=bar.update, world=world)
+    except MomentOverflow as err:
+        raise UsageError(f"--blocks: {err}") from None
     finally:
         bar.close()
 
@@ -197,12 +214,14 @@ def run_mcrg_command(args: argparse.Namespace) -> int:
                       for a in parameters]
     _check_mcrg(args, ds, transforms)
     results = _run(args, ds, transforms)
+    if not current().main:
+        return 0
     result = results[0]
     shape = ds.metadata["lattice_shape"]
     reference = REFERENCE_EXPONENTS[len(shape)]
     summary = {**result.to_dict(), "transform_argument": args.transform, "data": args.data,
                "lattice_shape": shape, "K": ds.metadata["K"], "seed": args.seed,
-               "seconds": sum(r.seconds for r in results), "reference": reference}
+               "seconds": sum(r.seconds for r in results), "processes": current().size, "reference": reference}
     tuning = None
     if parameters is not None:
         tuning = tune_sectors(parameters, results)
@@ -260,6 +279,8 @@ def run_exponent_vs_epoch(args: argparse.Namespace) -> int:
     transforms = [RBMProjector(filters[e]) for e in epochs] + [MajorityRule()]
     _check_mcrg(args, ds, transforms, "RUN")
     results = _run(args, ds, transforms)
+    if not current().main:
+        return 0
     k = args.couplings - 1
     table = [[[{"mean": e.mean, "error": e.error} for e in row] for row in r.y_t] for r in results[:-1]]
     majority = [[{"mean": e.mean, "error": e.error} for e in row] for row in results[-1].y_t]

@@ -1,10 +1,20 @@
-"""``deeprg sample ising``: Monte Carlo spin configurations with error-barred observables."""
+"""``deeprg sample ising``: Monte Carlo spin configurations with error-barred observables.
+
+Runs unchanged under ``torchrun --nproc-per-node N deeprg sample ising ...``: every process runs
+its contiguous share of the chains (:meth:`deeprg.distributed.World.share`; a chain's random
+stream depends on its global index only), the burn-in and ``--thin auto`` are decided from all
+chains' data, and rank 0 gathers the configurations and series in chain order, computes the
+estimates and writes the dataset, exactly as one process does. The dataset's spins and the
+estimates are bit-identical whatever the number of processes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +92,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"configurations to save, at least {MIN_PER_CHAIN} per chain [20000]")
     q.add_argument("--sampler", choices=SAMPLERS, default="wolff", help="update [wolff]")
     q.add_argument("--chains", type=int_at_least(1), default=2,
-                   help="independent chains, run in parallel; must divide --n [2]")
-    q.add_argument("--threads", type=cpu_threads, default=None, help="threads [min(chains, cores)]")
+                   help="independent chains, run in parallel; must divide --n; under torchrun at least the "
+                   "number of processes, which share them [2]")
+    q.add_argument("--threads", type=cpu_threads, default=None,
+                   help="threads per process [min(chains of the process, cores / processes on this node)]")
     q.add_argument("--thin", type=thinning, default="auto",
                    help="updates between saved configurations, or 'auto' (2 tau_int of the energy, "
                    "measured in the second half of the burn-in) [auto]")
@@ -93,7 +105,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, help="output dataset (.npz)")
     q.add_argument("--json", action="store_true", help="print a machine-readable summary")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
-    q.set_defaults(run=run)
+    q.set_defaults(run=run, distributed=True)
 
 
 def available_memory() -> int:
@@ -118,10 +130,11 @@ def _format_bytes(b: float) -> str:
     return f"{b:.3g} {('B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB')[unit]}"
 
 
-def check_args(args: argparse.Namespace) -> Path:
+def check_args(args: argparse.Namespace, output: bool = True) -> Path:
     """Refuse, before any work, what cannot give a valid dataset and summary (:class:`UsageError`
-    naming the option and what is allowed); returns the output path."""
-    out = writable_file(args.out, "--out")
+    naming the option and what is allowed); returns the output path (checked to be writable
+    only if ``output``: under torchrun only rank 0 writes)."""
+    out = writable_file(args.out, "--out") if output else Path(args.out)
     args.beta = parse_coupling(args.beta, "beta", args.d)
     if args.n % args.chains:
         raise UsageError(f"--n ({args.n}) must be a multiple of --chains ({args.chains})")
@@ -158,19 +171,53 @@ def check_args(args: argparse.Namespace) -> Path:
     return out
 
 
+def _world():
+    """The processes ``deeprg.cli.main`` joined under ``torchrun`` (``None`` on one process, where
+    torch is not imported)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or "1") <= 1:
+        return None
+    from deeprg.distributed import current
+
+    world = current()
+    return world if world.distributed else None
+
+
 def run(args: argparse.Namespace) -> int:
-    out = check_args(args)
+    world = _world()
+    main = world is None or world.main
+    out = check_args(args, output=main)
+    if world is None:
+        chains, gather, threads = None, None, args.threads
+    else:  # every process its share of the chains; chain c's stream depends on c only
+        from deeprg.distributed import default_threads
+
+        world.require_at_most(args.chains, "--chains")
+        share = world.share(args.chains)
+        chains, gather = range(share.start, share.stop), world.all_gather_rows
+        threads = args.threads or default_threads(world)
     lattice = Lattice.square(args.L, args.d)
-    sampler = make_sampler(args.sampler, lattice, args.beta, seed=args.seed, n_chains=args.chains)
-    with tqdm(total=args.n, disable=args.quiet, file=sys.stderr, unit="config",
-              desc=f"{args.sampler} {lattice}") as bar:
+    sampler = make_sampler(args.sampler, lattice, args.beta, seed=args.seed, n_chains=args.chains,
+                           chains=chains, gather=gather)
+    start = time.perf_counter()
+    with warnings.catch_warnings(), tqdm(total=args.n // args.chains * len(sampler.chains),
+                                         disable=args.quiet or not main, file=sys.stderr, unit="config",
+                                         desc=f"{args.sampler} {lattice}") as bar:
+        if not main:
+            warnings.simplefilter("ignore")  # rank 0 reports
         result = sampler.run(
-            args.n, thin=args.thin, burn_in=args.burn_in, n_threads=args.threads,
+            args.n, thin=args.thin, burn_in=args.burn_in, n_threads=threads,
             callback=lambda done, total: bar.update(done - bar.n),
         )
+    spins, series = result.spins, result.series
+    if world is not None:  # rank 0 gets every chain, in chain order (= rank order)
+        spins = world.gather_rows(spins)
+        series = {k: world.gather_rows(series[k]) for k in ("energy", "magnetization")}
+        if not main:
+            return 0
+    seconds = time.perf_counter() - start
     n_sites = lattice.n_sites
-    e = result.series["energy"] / n_sites
-    m = result.series["magnetization"] / n_sites
+    e = series["energy"] / n_sites
+    m = series["magnetization"] / n_sites
     K = args.beta
     energy = estimate(e)
     summary = {
@@ -189,8 +236,9 @@ def run(args: argparse.Namespace) -> int:
         "specific_heat_per_site": jackknife(lambda x: K * K * n_sites * np.var(x), e,
                                             n_blocks=JACKKNIFE_BLOCKS),
         "tau_int": energy.tau_int,
-        "samples_per_second": args.n / result.seconds,
-        "seconds": result.seconds,
+        "samples_per_second": args.n / seconds,
+        "seconds": seconds,
+        "processes": 1 if world is None else world.size,
         "exact_energy_per_site": None,
         "exact_specific_heat_per_site": None,
         "out": str(out),
@@ -202,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         summary["exact_specific_heat_per_site"] = exact.specific_heat_per_site
 
     dataset = SpinDataset.new(
-        result.spins_flat(), K=K, sampler=args.sampler, updates_between_samples=int(result.thin),
+        spins.reshape((args.n,) + lattice.shape), K=K, sampler=args.sampler, updates_between_samples=int(result.thin),
         seed=args.seed, n_chains=args.chains, tau_int=energy.tau_int, burn_in=int(result.burn_in),
     )
     save_dataset(out, dataset)

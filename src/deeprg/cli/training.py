@@ -121,7 +121,14 @@ def _resolve(args: argparse.Namespace, command: TrainCommand, run: RunDir, fixed
 
 
 def train(args: argparse.Namespace, command: TrainCommand) -> int:
-    """Run the training command described by ``command`` (see the module docstring)."""
+    """Run the training command described by ``command`` (see the module docstring). Under
+    ``torchrun`` (:mod:`deeprg.distributed`) every process checks, resolves and builds the
+    same run (a config that differs between processes is refused on all of them); rank 0 alone
+    writes the run directory and prints, and a stop request on any process stops all of them at
+    the same step."""
+    from deeprg.distributed import current
+
+    world = current()
     try:
         run = RunDir.open(args.out, command.kind, resume=args.resume, force=args.force)
     except CheckpointMismatch as err:
@@ -129,6 +136,7 @@ def train(args: argparse.Namespace, command: TrainCommand) -> int:
     fixed = command.prepare(args)
     context = fixed.pop("context", None)
     cfg = _resolve(args, command, run, fixed)
+    world.check_same(cfg.to_dict(), "configs")
     try:
         check_memory(*command.memory(cfg, context), getattr(cfg, "device", "cpu"))
     except ConfigError as err:
@@ -139,15 +147,18 @@ def train(args: argparse.Namespace, command: TrainCommand) -> int:
             trainer.load(run.checkpoint)
         except CheckpointMismatch as err:
             raise UsageError(f"--resume: {err}") from None
-    if run.replacing:
-        run.clear()
-    run.write_config(cfg.to_dict(), **command.provenance(trainer, context), command=sys.argv)
-    if not args.quiet:
+    quiet = args.quiet or not world.main
+    if world.main:
+        if run.replacing:
+            run.clear()
+        run.write_config(cfg.to_dict(), **command.provenance(trainer, context), command=sys.argv,
+                         processes=world.size)
+    if not quiet:
         print(command.describe(trainer), file=sys.stderr)
 
     from tqdm import tqdm
 
-    bar = tqdm(total=trainer.total, initial=trainer.position, disable=args.quiet, desc="train",
+    bar = tqdm(total=trainer.total, initial=trainer.position, disable=quiet, desc="train",
                unit=command.unit, file=sys.stderr, dynamic_ncols=True)
 
     def on_record(record: dict) -> None:
@@ -162,21 +173,27 @@ def train(args: argparse.Namespace, command: TrainCommand) -> int:
 
     try:
         with StopOnSignal() as stop:
-            trainer.train(on_record=on_record, should_stop=lambda: stop.requested, checkpoint=run.checkpoint)
+            trainer.train(on_record=on_record, should_stop=lambda: world.any(stop.requested),
+                          checkpoint=run.checkpoint)
     except NonFiniteLoss as err:
         bar.close()
-        kept = (f"the last good checkpoint is kept in {run.checkpoint}" if run.checkpoint.exists()
-                else "no checkpoint was saved")
-        print(f"deeprg: error: training stopped: {err}; {kept}", file=sys.stderr)
+        if world.main:
+            kept = (f"the last good checkpoint is kept in {run.checkpoint}" if run.checkpoint.exists()
+                    else "no checkpoint was saved")
+            print(f"deeprg: error: training stopped: {err}; {kept}", file=sys.stderr)
         return 1
     bar.close()
-    if stop.requested:
+    if world.any(stop.requested):
         import signal
 
-        name = signal.Signals(stop.signum).name
-        print(f"deeprg: stopped by {name} at {command.unit} {trainer.position} of {trainer.total}; checkpoint "
-              f"saved in {run.checkpoint}; continue with --resume", file=sys.stderr)
-        return 128 + stop.signum
+        signum = stop.signum if stop.requested else signal.SIGTERM
+        if world.main:
+            by = signal.Signals(signum).name if stop.requested else "a signal to another process"
+            print(f"deeprg: stopped by {by} at {command.unit} {trainer.position} of {trainer.total}; checkpoint "
+                  f"saved in {run.checkpoint}; continue with --resume", file=sys.stderr)
+        return 128 + signum
+    if not world.main:
+        return 0
     metrics, lines = command.finish(trainer, run, context)
     if args.json:
         print_json(metrics)

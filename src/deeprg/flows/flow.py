@@ -18,9 +18,15 @@ from deeprg.flows.hierarchy import Hierarchy
 __all__ = ["Flow", "random_global_sign"]
 
 
+def random_signs(n: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """``n`` independent signs +-1 with probability 1/2 each, ``(n,)`` in ``like``'s dtype and
+    on its device."""
+    return torch.randint(0, 2, (n,), generator=generator, device=like.device).to(like.dtype) * 2 - 1
+
+
 def random_global_sign(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """``x`` ``(batch, ...)`` with the sign of each whole field flipped with probability 1/2."""
-    sign = torch.randint(0, 2, (x.shape[0],), generator=generator, device=x.device).to(x.dtype) * 2 - 1
+    sign = random_signs(x.shape[0], generator, x)
     return x * sign.reshape((-1,) + (1,) * (x.dim() - 1))
 
 
@@ -72,13 +78,24 @@ class Flow(nn.Module):
             log_q = torch.logaddexp(log_q, self._base_log_prob(-x)) - math.log(2.0)
         return x, log_q
 
-    def sample_and_log_prob(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample_and_log_prob(self, n: int, generator: torch.Generator | None = None,
+                            rows: slice | None = None) -> tuple[Tensor, Tensor]:
         """``n`` fields ``x ~ q`` and their ``ln q(x)``, differentiable in the parameters
-        (reparametrization); shapes ``(n, *event_shape)`` and ``(n,)``."""
-        x, log_q = self.generate_with_log_prob(self.sample_latent(n, generator))
-        if not self.symmetrize:
+        (reparametrization); shapes ``(n, *event_shape)`` and ``(n,)``.
+
+        ``rows``: return only these rows of the ``n`` draws. All ``n`` latents (and random signs)
+        are drawn from ``generator`` either way, so the rows equal the same rows of the full draw
+        and the generator ends in the same state: data-parallel processes keep their share of one
+        batch (:mod:`deeprg.distributed`)."""
+        z = self.sample_latent(n, generator)
+        sign = random_signs(n, generator, z) if self.symmetrize else None
+        if rows is not None:
+            z = z[rows]
+            sign = None if sign is None else sign[rows]
+        x, log_q = self.generate_with_log_prob(z)
+        if sign is None:
             return x, log_q
-        return random_global_sign(x, generator), log_q
+        return x * sign.reshape((-1,) + (1,) * (x.dim() - 1)), log_q
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

@@ -27,6 +27,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from deeprg import distributed
 from deeprg.config import (
     DTYPE_NAMES,
     ConfigError,
@@ -39,7 +40,7 @@ from deeprg.config import (
 from deeprg.flows.flow import Flow
 from deeprg.flows.estimators import pareto_k
 from deeprg.flows.hierarchy import ARCHITECTURES, Hierarchy, layer_specs
-from deeprg.flows.objectives import OBJECTIVES, PI_SOURCES, LatentHMCSource, ReferenceSource, forward_nll
+from deeprg.flows.objectives import OBJECTIVES, PI_SOURCES, LatentHMCSource, ReferenceSource
 from deeprg.lattice import Lattice
 from deeprg.mc.stats import Estimate
 from deeprg.models.ising import parse_coupling
@@ -146,7 +147,9 @@ class FlowTrainConfig:
         need(self, self.spline_bins == 0 or self.spline_bins >= 2, "spline_bins", "0 (affine) or an integer >= 2")
         need(self, self.kernel == 1 or self.shared, "kernel", "1 when shared = false (a convolution shares weights)")
         need(self, self.s_max > 0, "s_max", "> 0")
-        need(self, self.min_eigenvalue > 0, "min_eigenvalue", "a finite number > 0")
+        # the target's own bound: 1e-10 x the largest |eigenvalue| 2 d K of the coupling matrix
+        floor = 1e-10 * max(1.0, 2 * self.d * self.beta)
+        need(self, self.min_eigenvalue > floor, "min_eigenvalue", f"a finite number > {floor:.3g}")
         need(self, self.steps >= 1, "steps", "an integer >= 1")
         need(self, self.batch >= 2, "batch", "an integer >= 2")
         need(self, 0 < self.lr < 1, "lr", "in (0, 1)")
@@ -174,10 +177,11 @@ class FlowTrainConfig:
             raise ConfigError(str(err)) from None
 
     def memory_estimate(self) -> tuple[float, str]:
-        """Estimated peak memory of training in bytes, and the keys that drive it: the dense
-        ``N x N`` matrices of the relaxed target (float64, ``N = L^d``), the parameters with
-        their gradients and Adam moments, and the activations of one batch kept for the
-        backward pass."""
+        """Estimated peak memory of training in bytes, and the keys that drive it: the relaxed
+        target (``O(N)``, ``N = L^d``: its FFT eigenvalues and their casts, and the complex FFT
+        of the batch with its gradient; no ``N x N`` matrix, see
+        :class:`~deeprg.models.relaxed.RelaxedIsing`), the parameters with their gradients and
+        Adam moments, and the activations of one batch kept for the backward pass."""
         n = self.L**self.d
         k = 2**self.d
         size = 4 if self.dtype == "float32" else 8
@@ -189,7 +193,7 @@ class FlowTrainConfig:
         mlps = sum(self.n_couplings * (1 if self.shared else b) for b in blocks)
         params = 4.0 * per_mlp * mlps * size
         activations = 3.0 * self.batch * sum(blocks) * sum(self.hidden) * self.n_couplings * size
-        target = 6.0 * n * n * 8
+        target = 8.0 * n * 8 + 4.0 * self.batch * n * size
         return target + params + activations, "L, batch, hidden, n_couplings"
 
     def to_dict(self) -> dict:
@@ -212,11 +216,19 @@ def build_flow(cfg: FlowTrainConfig) -> Flow:
 
 
 @torch.no_grad()
+def evaluation_batch(n_sites: int) -> int:
+    """Fields per batch of an evaluation without gradients: 4096, fewer on lattices above 32x32
+    so that a batch holds at most 2^22 sites (256 fields at 128x128)."""
+    return max(1, min(4096, 2**22 // n_sites))
+
+
 def variational_free_energy(
-    flow: Flow, target, n_samples: int, batch: int = 4096, generator: torch.Generator | None = None
+    flow: Flow, target, n_samples: int, batch: int | None = None, generator: torch.Generator | None = None
 ) -> Estimate:
     """``F_q = E_q[ln q(x) - ln pi(x)]`` (Eq. 3) on ``n_samples`` fresh independent samples, with
-    its standard error. Samples are iid, so ``tau_int = 1/2``."""
+    its standard error, ``batch`` fields at a time (default :func:`evaluation_batch`). Samples
+    are iid, so ``tau_int = 1/2``."""
+    batch = evaluation_batch(flow.n_sites) if batch is None else batch
     values = []
     remaining = n_samples
     while remaining > 0:
@@ -229,23 +241,67 @@ def variational_free_energy(
     return Estimate(float(f.mean()), math.sqrt(var / len(f)), var, 0.5, len(f))
 
 
+class _Objective(torch.nn.Module):
+    """The differentiable part of one training step as a module, so that
+    ``DistributedDataParallel`` can wrap it: this process's rows of the batch's flow samples,
+    their ``ln q - ln pi`` and the summed ``-ln q`` of samples ``x_pi`` of ``pi``."""
+
+    def __init__(self, flow: Flow, target) -> None:
+        super().__init__()
+        self.flow = flow
+        self.target = target
+
+    def forward(self, n: int, generator: torch.Generator, rows: slice, x_pi: Tensor | None,
+                reverse_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        with torch.set_grad_enabled(reverse_grad):
+            x, log_q = self.flow.sample_and_log_prob(n, generator, rows)
+            f = log_q - self.target.log_prob_unnormalized(x)
+        nll_sum = None if x_pi is None else -self.flow.log_prob(x_pi.detach()).sum()
+        return x, f, nll_sum
+
+
 class Trainer(TrainerBase):
     """A flow, its target and optimizer state; :meth:`step` does one Adam step on Eq. 5 (the
-    unit of :meth:`~deeprg.training.TrainerBase.train`)."""
+    unit of :meth:`~deeprg.training.TrainerBase.train`).
 
-    def __init__(self, cfg: FlowTrainConfig, target=None) -> None:
+    **Data parallel.** On ``W`` processes (``world.size > 1``, launched by ``torchrun``) the
+    flow is wrapped in ``DistributedDataParallel`` (gloo on CPU, NCCL on GPUs). The batch stays
+    ``cfg.batch`` whatever ``W``: every process draws the whole batch's latents (and random
+    signs) from the one seeded generator and keeps its rows ``world.share(batch)``
+    (:meth:`Flow.sample_and_log_prob` with ``rows``), so 1 and ``W`` processes follow the same
+    trajectory up to the order of floating-point reductions, and checkpoints (written by rank 0)
+    do not depend on ``W``: a run may resume on another number of processes. Losses are summed
+    per process and scaled by ``W / batch`` so that DDP's average of the gradients is the
+    gradient of the batch mean; the logged loss and error are reduced over all processes in
+    float64, and a non-finite value on any process stops every process."""
+
+    def __init__(self, cfg: FlowTrainConfig, target=None, world: distributed.World | None = None) -> None:
         """``target`` (a :class:`deeprg.models.relaxed.Target` module over the config's lattice)
-        defaults to the relaxed Ising model of the config."""
+        defaults to the relaxed Ising model of the config. ``world`` (default: the one
+        :func:`deeprg.distributed.init` joined) makes the trainer data-parallel: see the class
+        docstring."""
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.world = distributed.current() if world is None else world
+        self.device = distributed.run_device(resolve_device(cfg.device), self.world)
         dtype = torch_dtype(cfg.dtype)
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(cfg.threads if cfg.threads is not None else distributed.default_threads(self.world))
+        if self.world.distributed:
+            self.world.require_at_most(cfg.batch, "batch")
+            if cfg.objective != "reverse" and cfg.pi_source == "hmc":
+                raise ConfigError("pi_source: latent HMC chains ('hmc') run on one process only; use pi_source = "
+                                  "'reference' or objective = 'reverse' on several processes")
+        #: This process's rows of every batch (all rows on one process).
+        self.rows = self.world.share(cfg.batch)
         torch.manual_seed(cfg.seed)  # parameter initialization
         self.target = (build_target(cfg) if target is None else target).to(self.device)
         self.flow = build_flow(cfg).to(device=self.device, dtype=dtype)
         if cfg.init_from is not None:
             self._initialize_from(cfg.init_from)
+        self._parallel = _Objective(self.flow, self.target)
+        if self.world.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._parallel = torch.nn.parallel.DistributedDataParallel(
+                self._parallel, device_ids=ids, forward_sync_buffers=False)
         self.exact_ln_z = self.target.exact_ln_z
         self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=cfg.lr)
         ratio = cfg.lr_final / cfg.lr
@@ -295,40 +351,52 @@ class Trainer(TrainerBase):
     def step(self) -> dict[str, float]:
         """One optimization step; returns the history record. Raises :class:`NonFiniteLoss`
         (leaving the parameters untouched) if the loss, the gradient or ``ln q - ln pi`` of the
-        batch's flow samples is not finite."""
+        batch's flow samples is not finite (on any process)."""
         t0 = time.perf_counter()
-        cfg = self.cfg
-        with torch.set_grad_enabled(cfg.objective != "forward"):
-            x, log_q = self.flow.sample_and_log_prob(cfg.batch, self.generator)
-            f = log_q - self.target.log_prob_unnormalized(x)
+        cfg, world = self.cfg, self.world
+        x_pi = None
+        if cfg.objective != "reverse":
+            x_pi = self.pi_source.draw(self.flow, self.target, cfg.batch)
+            if isinstance(self.pi_source, ReferenceSource):
+                x_pi = x_pi[self.rows]
+        # this process's rows; the sums are scaled so that DDP's average over processes is the
+        # gradient of the mean over the whole batch
+        x, f, nll_sum = self._parallel(cfg.batch, self.generator, self.rows, x_pi, cfg.objective != "forward")
+        scale = world.size / cfg.batch
         extra: dict[str, float] = {}
         if cfg.objective == "reverse":
-            loss = f.mean()
+            loss = f.sum() * scale
         else:
-            nll = forward_nll(self.flow, self.pi_source.draw(self.flow, self.target, cfg.batch))
-            extra["forward_nll"] = float(nll.detach())
+            extra["forward_nll"] = world.all_sum([float(nll_sum.detach())]).item() / cfg.batch
             if isinstance(self.pi_source, LatentHMCSource):
                 extra["hmc_acceptance"] = self.pi_source.acceptance
-            loss = nll if cfg.objective == "forward" else (1 - cfg.forward_weight) * f.mean() + cfg.forward_weight * nll
+            nll = nll_sum * scale
+            loss = nll if cfg.objective == "forward" else (1 - cfg.forward_weight) * f.sum() * scale + cfg.forward_weight * nll
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"non-finite loss {loss.item()} at step {self.step_count + 1}")
-        if not torch.isfinite(f).all():  # the forward objective does not see the flow's own samples
+        f_detached = f.detach()
+        sums = world.all_sum([float(f_detached.double().sum()), float(f_detached.double().pow(2).sum()),
+                              float(not torch.isfinite(loss)), float(not torch.isfinite(f_detached).all())]).tolist()
+        if sums[2] > 0:
+            raise NonFiniteLoss(f"non-finite loss at step {self.step_count + 1}")
+        if sums[3] > 0:  # the forward objective does not see the flow's own samples
             raise NonFiniteLoss(f"non-finite ln q - ln pi on the flow's own samples at step {self.step_count + 1}: "
                                 "the flow has diverged")
         loss.backward()
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), clip)
-        if not torch.isfinite(grad_norm):
+        if not torch.isfinite(grad_norm):  # gradients are averaged: the same on every process
             raise NonFiniteLoss(f"non-finite gradient at step {self.step_count + 1}")
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
         self.wall_seconds += time.perf_counter() - t0
+        n = cfg.batch
+        mean = sums[0] / n
+        variance = max(sums[1] / n - mean * mean, 0.0) * n / (n - 1)
         record = {
             "step": self.step_count,
-            "loss": float(f.detach().mean()),
-            "error": float(f.detach().std() / math.sqrt(len(f))),
+            "loss": mean,
+            "error": math.sqrt(variance / n),
             **extra,
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": self.wall_seconds,
@@ -337,7 +405,9 @@ class Trainer(TrainerBase):
             record["gap"] = record["loss"] - self.exact_free_energy
             record["relative_error"] = record["gap"] / abs(self.exact_free_energy)
         if cfg.diagnostics_every and self.step_count % cfg.diagnostics_every == 0:
-            record.update(self.diagnostics(x.detach(), -f.detach()))
+            x_all = torch.from_numpy(world.all_gather_rows(x.detach().cpu().numpy())).to(self.device)
+            log_w = torch.from_numpy(world.all_gather_rows(-f_detached.cpu().numpy())).to(self.device)
+            record.update(self.diagnostics(x_all, log_w))
         self.history.append(record)
         return record
 
@@ -381,8 +451,10 @@ class Trainer(TrainerBase):
         }
 
     def save(self, path: str | Path) -> None:
-        """Write the checkpoint atomically (tensors and plain containers only)."""
-        save_checkpoint(path, self.state_dict())
+        """Write the checkpoint atomically (tensors and plain containers only); on several
+        processes only rank 0 writes (every rank holds the same state)."""
+        if self.world.main:
+            save_checkpoint(path, self.state_dict())
 
     def load(self, path: str | Path) -> None:
         """Restore the state saved by :meth:`save`; the model-defining config must match."""

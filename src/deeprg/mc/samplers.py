@@ -15,10 +15,20 @@ Swendsen-Wang update (``"sw"``), one Metropolis sweep over all N sites (``"metro
 (saved samples, all chains together); the library draws no progress bar.
 
 Chains start from independent uniformly random configurations (hot start) and each owns one
-random stream seeded from ``numpy.random.SeedSequence(seed).spawn(n_chains)``, so results depend
-only on ``(sampler, lattice, K, seed, n_chains)`` and the sequence of calls, never on the number
-of threads or the chunk size. The chain state persists between calls: a second :meth:`Sampler.run`
-continues the same chains.
+random stream: chain ``c`` (its *global* index among the ``n_chains``) is seeded from
+``numpy.random.SeedSequence(seed).spawn(n_chains)[c]``, which is the same for every ``n_chains > c``.
+Results depend only on ``(sampler, lattice, K, seed, n_chains)`` and the sequence of calls, never
+on the number of threads or the chunk size. The chain state persists between calls: a second
+:meth:`Sampler.run` continues the same chains.
+
+Several processes: a sampler may run a contiguous subset of the chains (``chains=range(a, b)``),
+e.g. a process's share of them, ``World.share(n_chains)``. Its chains are bit-identical to the same
+chains of a sampler of all of them, provided the decisions taken from all chains together see all
+chains: the default burn-in (rounds until the mean cluster size, pooled over the chains, says
+enough sweeps were done) and ``thin="auto"`` (``tau_int`` of the energy, pooled over the chains).
+For these the sampler passes its chains' data through ``gather`` (rows of its chains -> rows of
+all chains in chain order; ``World.all_gather_rows`` under ``torchrun``), so every process takes
+the decision one process takes.
 """
 
 from __future__ import annotations
@@ -67,6 +77,10 @@ Observable = Callable[[np.ndarray], np.ndarray]
 #: ``callback(done, total)``: saved samples so far and in all, all chains together.
 Progress = Callable[[int, int], None]
 
+#: ``gather(rows)``: the ``(len(chains), ...)`` rows of a sampler's chains -> the
+#: ``(n_chains, ...)`` rows of all chains, in chain order.
+Gather = Callable[[np.ndarray], np.ndarray]
+
 
 @dataclass
 class SampleRun:
@@ -75,8 +89,10 @@ class SampleRun:
 
     Attributes
     ----------
-    sampler, lattice, K, seed, n_chains:
+    sampler, lattice, K, seed:
         What produced the samples.
+    n_chains:
+        Number of chains held here (all the sampler's chains, or its subset ``chains``).
     thin:
         Updates between consecutive saved samples of a chain (chosen value if ``"auto"``).
     burn_in:
@@ -96,7 +112,11 @@ class SampleRun:
         during sampling; else ``None``.
     pilot_tau_int:
         With ``thin="auto"``: integrated autocorrelation time of the energy, in updates,
-        measured in the pilot (``thin = max(1, ceil(2 pilot_tau_int))``); else ``None``.
+        measured in the pilot of all chains (``thin = max(1, ceil(2 pilot_tau_int))``); else
+        ``None``.
+    chains:
+        Global indices of the chains held (``range(n_chains)`` unless the sampler ran a subset);
+        row ``i`` of ``spins`` and of every series is chain ``chains[i]``.
     """
 
     sampler: str
@@ -111,6 +131,11 @@ class SampleRun:
     seconds: float
     mean_cluster_size: float | None = None
     pilot_tau_int: float | None = None
+    chains: range | None = None
+
+    def __post_init__(self) -> None:
+        if self.chains is None:
+            self.chains = range(self.n_chains)
 
     @property
     def n_per_chain(self) -> int:
@@ -150,6 +175,29 @@ def _check_int(value, name: str, minimum: int) -> int:
     return int(value)
 
 
+def _check_chains(chains, n_chains: int) -> range:
+    """``chains`` (``None``: all; a ``slice`` or ``range`` of step 1) as a non-empty ``range``
+    within ``[0, n_chains)``."""
+    if chains is None:
+        return range(n_chains)
+    if isinstance(chains, slice):
+        ints = all(v is None or (isinstance(v, (int, np.integer)) and not isinstance(v, bool))
+                   for v in (chains.start, chains.stop, chains.step))
+        if not ints:
+            raise ValueError(f"chains must be a slice or range of chain indices, got {chains!r}")
+        resolved = range(0 if chains.start is None else int(chains.start),
+                         n_chains if chains.stop is None else int(chains.stop),
+                         1 if chains.step is None else int(chains.step))
+    elif isinstance(chains, range):
+        resolved = chains
+    else:
+        raise ValueError(f"chains must be a slice or range of chain indices, got {type(chains).__name__}")
+    if resolved.step != 1 or len(resolved) == 0 or resolved.start < 0 or resolved.stop > n_chains:
+        raise ValueError(f"chains must be a non-empty contiguous range (step 1) within [0, n_chains={n_chains}), "
+                         f"got {chains!r}")
+    return resolved
+
+
 class Sampler:
     """``n_chains`` independent Markov chains driven by one :class:`~deeprg.mc.rules.UpdateRule`.
 
@@ -165,25 +213,45 @@ class Sampler:
         Integer >= 0; chain ``c`` uses ``numpy.random.SeedSequence(seed).spawn(n_chains)[c]``.
     n_chains:
         Number of independent chains, >= 1.
+    chains:
+        The chains this sampler runs: a contiguous ``range`` or ``slice`` of ``[0, n_chains)``
+        (default: all). Chain ``c`` is the same whichever subset holds it.
+    gather:
+        ``gather(rows) -> all rows``: the ``(len(chains), ...)`` rows of this sampler's chains to
+        the ``(n_chains, ...)`` rows of all chains in chain order (e.g.
+        ``World.all_gather_rows``, with every process running its share of the chains). Used for
+        the decisions taken from all chains (the default burn-in, ``thin="auto"``); required for
+        those when ``chains`` is not all of them.
 
     Attributes: ``rule``, ``name``, ``lattice``, ``K`` (those of the rule), ``seed``,
-    ``n_chains``, ``n_updates`` (updates per chain so far), ``equilibrated`` (whether a burn-in
-    has been done).
+    ``n_chains``, ``chains``, ``n_updates`` (updates per chain so far), ``equilibrated``
+    (whether a burn-in has been done).
     """
 
-    def __init__(self, rule: UpdateRule, seed: int = 0, n_chains: int = 1) -> None:
+    def __init__(self, rule: UpdateRule, seed: int = 0, n_chains: int = 1,
+                 chains: range | slice | None = None, gather: Gather | None = None) -> None:
         if not isinstance(rule, UpdateRule):
             raise ValueError(f"rule must be an UpdateRule, got {type(rule).__name__}")
         self.rule = rule
         self.seed = _check_int(seed, "seed", 0)
         self.n_chains = _check_int(n_chains, "n_chains", 1)
+        self.chains = _check_chains(chains, self.n_chains)
+        if gather is not None and not callable(gather):
+            raise ValueError(f"gather must be callable as gather(rows) -> rows of all chains, got {gather!r}")
+        self._gather = gather
         self.n_updates = 0
         self.equilibrated = False
-        self._rng = kernels.seed_states(self.seed, self.n_chains)
-        self._spins = np.empty((self.n_chains, rule.lattice.n_sites), dtype=np.int8)
-        for c in range(self.n_chains):
+        n_local = len(self.chains)
+        self._rng = kernels.seed_states(self.seed, self.n_chains)[self.chains.start : self.chains.stop].copy()
+        self._spins = np.empty((n_local, rule.lattice.n_sites), dtype=np.int8)
+        for c in range(n_local):
             kernels.random_spins(self._spins[c], self._rng[c])
-        self._scratch = rule.new_scratch(self.n_chains)
+        self._scratch = rule.new_scratch(n_local)
+
+    @property
+    def subset(self) -> bool:
+        """Whether this sampler runs only some of the ``n_chains`` chains."""
+        return len(self.chains) != self.n_chains
 
     @property
     def name(self) -> str:
@@ -198,26 +266,42 @@ class Sampler:
         return self.rule.K
 
     def __repr__(self) -> str:
+        chains = f", chains=range({self.chains.start}, {self.chains.stop})" if self.subset else ""
         return (
             f"Sampler({self.name!r}, lattice={self.lattice}, K={self.K!r}, seed={self.seed}, "
-            f"n_chains={self.n_chains}, n_updates={self.n_updates})"
+            f"n_chains={self.n_chains}{chains}, n_updates={self.n_updates})"
         )
 
     @property
     def spins(self) -> np.ndarray:
-        """Current configuration of every chain, ``(n_chains, *lattice.shape)`` int8 (a copy)."""
-        return self._spins.reshape((self.n_chains,) + self.lattice.shape).copy()
+        """Current configuration of each of this sampler's chains, ``(len(chains),
+        *lattice.shape)`` int8 (a copy)."""
+        return self._spins.reshape((len(self.chains),) + self.lattice.shape).copy()
+
+    def _all_chains(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` of this sampler's chains -> the rows of all chains (through ``gather``)."""
+        if self._gather is None:
+            if self.subset:  # refused by stream's checks; a guard for direct calls
+                raise ValueError("a sampler of a subset of the chains needs gather for decisions taken "
+                                 "from all chains")
+            return rows
+        out = np.asarray(self._gather(rows))
+        if out.shape != (self.n_chains,) + rows.shape[1:]:
+            raise ValueError(f"gather must return the rows of all {self.n_chains} chains, shape "
+                             f"{(self.n_chains,) + rows.shape[1:]}, got {out.shape}")
+        return out
 
     # ---- driving the rule ------------------------------------------------------------------
     def _advance_all(
         self, n_between: int, n_save: int, spins_out: np.ndarray | None, pool
-    ) -> tuple[np.ndarray, np.ndarray, int]:
-        """All chains: ``n_save`` times ``n_between`` updates and a measurement. Configurations
-        go to ``spins_out`` ((n_chains, n_save, N) int8) when given. Returns energies and
-        magnetizations ``(n_chains, n_save)`` and the flipped sites of all chains (counted by
-        rules with ``counts_cluster_sites``, else 0)."""
-        energy = np.empty((self.n_chains, n_save))
-        mag = np.empty((self.n_chains, n_save))
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This sampler's chains: ``n_save`` times ``n_between`` updates and a measurement.
+        Configurations go to ``spins_out`` ((len(chains), n_save, N) int8) when given. Returns
+        energies and magnetizations ``(len(chains), n_save)`` and the flipped sites of each chain
+        (int64 ``(len(chains),)``, counted by rules with ``counts_cluster_sites``, else 0)."""
+        n_local = len(self.chains)
+        energy = np.empty((n_local, n_save))
+        mag = np.empty((n_local, n_save))
         no_spins = np.empty((0, self.lattice.n_sites), dtype=np.int8)
 
         def task(c: int) -> int:
@@ -227,25 +311,27 @@ class Sampler:
                                      energy[c], mag[c])
 
         if pool is None:
-            sites = sum(task(c) for c in range(self.n_chains))
+            sites = [task(c) for c in range(n_local)]
         else:
-            sites = sum(pool.map(task, range(self.n_chains)))
+            sites = list(pool.map(task, range(n_local)))
         self.n_updates += n_between * n_save
-        return energy, mag, sites
+        return energy, mag, np.array(sites, dtype=np.int64)
 
     def _burn_in(self, burn_in: int | None, record: bool, pool) -> tuple[int, np.ndarray | None]:
         """Discard updates; returns ``(updates per chain, pilot)`` where the pilot is the energy
-        after every update of the second half of the burn-in, ``(n_chains, n)``, if ``record``.
+        after every update of the second half of the burn-in of *all* chains, ``(n_chains, n)``
+        (gathered), if ``record``.
 
         ``burn_in=None``: the rule's default (:meth:`UpdateRule.burn_in_updates`), in rounds
         until the updates done reach the updates needed at the mean cluster size measured so
-        far (pooled over chains); the pilot is the last ``done - done // 2`` updates. Explicit
-        ``burn_in``: ``burn_in - burn_in // 2`` updates, then a pilot of ``burn_in // 2``."""
+        far (pooled over all chains, gathered after each round); the pilot is the last
+        ``done - done // 2`` updates. Explicit ``burn_in``: ``burn_in - burn_in // 2`` updates,
+        then a pilot of ``burn_in // 2``."""
         if burn_in is not None:
             half = burn_in // 2 if record else 0
             if burn_in - half > 0:
                 self._advance_all(burn_in - half, 1, None, pool)
-            pilot = self._advance_all(1, half, None, pool)[0] if half > 0 else None
+            pilot = self._all_chains(self._advance_all(1, half, None, pool)[0]) if half > 0 else None
             return burn_in, pilot
         done, sites, rounds = 0, 0.0, []
         size = self.rule.burn_in_updates(0, 0.0)
@@ -256,12 +342,12 @@ class Sampler:
             else:
                 s = self._advance_all(size, 1, None, pool)[2]
             done += size
-            sites += s / self.n_chains
+            sites += int(self._all_chains(s).sum()) / self.n_chains
             needed = self.rule.burn_in_updates(done, sites)
             if done >= needed:
                 break
             size = needed - done
-        pilot = np.concatenate(rounds, axis=1)[:, done // 2 :] if record else None
+        pilot = self._all_chains(np.concatenate(rounds, axis=1)[:, done // 2 :]) if record else None
         return done, pilot
 
     def _pilot_tau(self, pilot: np.ndarray) -> float:
@@ -297,7 +383,9 @@ class Sampler:
         Parameters
         ----------
         n_samples:
-            Total number of saved samples, all chains together; a multiple of ``n_chains``.
+            Total number of saved samples, all ``n_chains`` chains together; a multiple of
+            ``n_chains`` (a sampler of a subset of the chains saves ``n_samples / n_chains`` per
+            chain of its subset).
         thin:
             Updates between saved samples (int >= 1), or ``"auto"``: ``max(1, ceil(2 tau_int))``
             with ``tau_int`` (in updates) of the energy measured after every update of the
@@ -316,10 +404,11 @@ class Sampler:
             Saved samples per chain per chunk; default: at most 16 MiB of spins per chunk and,
             with a ``callback``, at most 1/100 of the run.
         n_threads:
-            Threads running chains concurrently; default ``min(n_chains, os.cpu_count())``.
+            Threads running chains concurrently; default ``min(len(chains), os.cpu_count())``.
         callback:
             Called as ``callback(done, total)`` after each chunk, with ``done`` the saved
-            samples so far (all chains together, increasing, ending at ``total = n_samples``).
+            samples so far (this sampler's chains together, increasing, ending at ``total =
+            n_samples``, or ``n_samples / n_chains * len(chains)`` for a subset of the chains).
 
         The arguments are checked when ``stream`` is called; the burn-in runs when the first
         chunk is requested. Each chunk's ``seconds`` is its own wall time (the first includes
@@ -337,10 +426,16 @@ class Sampler:
             )
         obs = self._check_observables(observables)
         n_threads = self._check_threads(n_threads)
+        pooled = thin == "auto" or (burn_in is None and not self.equilibrated)
+        if pooled and self.subset and self._gather is None:
+            raise ValueError(
+                f"this sampler runs chains {self.chains.start}..{self.chains.stop - 1} of {self.n_chains}: "
+                "the default burn-in and thin='auto' are decided from all chains, so pass gather (e.g. "
+                "World.all_gather_rows), or an explicit burn_in and an integer thin")
         if callback is not None and not callable(callback):
             raise ValueError(f"callback must be callable as callback(done, total), got {callback!r}")
         if chunk is None:
-            chunk = max(1, _CHUNK_BYTES // (self.n_chains * self.lattice.n_sites))
+            chunk = max(1, _CHUNK_BYTES // (len(self.chains) * self.lattice.n_sites))
             if callback is not None:
                 chunk = min(chunk, max(1, n_per_chain // 100))
         chunk = min(_check_int(chunk, "chunk", 1), n_per_chain)
@@ -373,28 +468,29 @@ class Sampler:
             if auto:
                 thin = max(1, math.ceil(2.0 * tau))
             need_spins = keep_spins or bool(obs)
+            n_local = len(self.chains)
             done = 0
             while done < n_per_chain:
                 m = min(chunk, n_per_chain - done)
-                spins = (np.empty((self.n_chains, m, self.lattice.n_sites), dtype=np.int8)
+                spins = (np.empty((n_local, m, self.lattice.n_sites), dtype=np.int8)
                          if need_spins else None)
                 energy, mag, sites = self._advance_all(thin, m, spins, pool)
                 series = {"energy": energy, "magnetization": mag}
                 if spins is not None:
-                    spins = spins.reshape((self.n_chains, m) + shape)
+                    spins = spins.reshape((n_local, m) + shape)
                 for name, f in obs.items():
                     series[name] = self._evaluate(name, f, spins)
                 done += m
                 if callback is not None:
-                    callback(done * self.n_chains, n_per_chain * self.n_chains)
+                    callback(done * n_local, n_per_chain * n_local)
                 t1 = time.perf_counter()
                 yield SampleRun(
                     sampler=self.name, lattice=self.lattice, K=self.K, seed=self.seed,
-                    n_chains=self.n_chains, thin=thin, burn_in=burn_in,
+                    n_chains=n_local, thin=thin, burn_in=burn_in,
                     spins=spins if keep_spins else None, series=series, seconds=t1 - t0,
-                    mean_cluster_size=(sites / (self.n_chains * m * thin)
+                    mean_cluster_size=(int(sites.sum()) / (n_local * m * thin)
                                        if counts_sites else None),
-                    pilot_tau_int=tau,
+                    pilot_tau_int=tau, chains=self.chains,
                 )
                 t0 = time.perf_counter()
         finally:
@@ -413,21 +509,23 @@ class Sampler:
         chunk: int | None = None,
     ) -> SampleRun:
         """Burn in (see :meth:`stream`), then save ``n_samples`` samples (``n_samples /
-        n_chains`` per chain, ``thin`` updates apart) and return them as one :class:`SampleRun`.
-        Arguments as in :meth:`stream`; the result does not depend on ``chunk`` or
-        ``n_threads``."""
+        n_chains`` per chain, ``thin`` updates apart) and return them as one :class:`SampleRun`
+        (of this sampler's chains). Arguments as in :meth:`stream`; the result does not depend
+        on ``chunk`` or ``n_threads``, and each chain's samples not on which subset of the chains
+        the sampler runs."""
         t0 = time.perf_counter()
         chunks = self.stream(n_samples, thin=thin, burn_in=burn_in, observables=observables,
                              keep_spins=keep_spins, chunk=chunk, n_threads=n_threads,
                              callback=callback)
         n_per_chain = n_samples // self.n_chains
+        n_local = len(self.chains)
         spins, series, first, done, sites = None, {}, None, 0, 0.0
         for part in chunks:  # copied into preallocated arrays: peak memory = result + 1 chunk
             if first is None:
                 first = part
-                series = {k: np.empty((self.n_chains, n_per_chain)) for k in part.series}
+                series = {k: np.empty((n_local, n_per_chain)) for k in part.series}
                 if keep_spins:
-                    spins = np.empty((self.n_chains, n_per_chain) + self.lattice.shape, np.int8)
+                    spins = np.empty((n_local, n_per_chain) + self.lattice.shape, np.int8)
             m = part.n_per_chain
             for k, v in part.series.items():
                 series[k][:, done : done + m] = v
@@ -438,10 +536,10 @@ class Sampler:
             done += m
         return SampleRun(
             sampler=self.name, lattice=self.lattice, K=self.K, seed=self.seed,
-            n_chains=self.n_chains, thin=first.thin, burn_in=first.burn_in, spins=spins,
+            n_chains=n_local, thin=first.thin, burn_in=first.burn_in, spins=spins,
             series=series, seconds=time.perf_counter() - t0,
             mean_cluster_size=sites / n_per_chain if self.rule.counts_cluster_sites else None,
-            pilot_tau_int=first.pilot_tau_int,
+            pilot_tau_int=first.pilot_tau_int, chains=self.chains,
         )
 
     # ---- argument checks -------------------------------------------------------------------
@@ -455,8 +553,8 @@ class Sampler:
 
     def _check_threads(self, n_threads) -> int:
         if n_threads is None:
-            return min(self.n_chains, os.cpu_count() or 1)
-        return min(_check_int(n_threads, "n_threads", 1), self.n_chains)
+            return min(len(self.chains), os.cpu_count() or 1)
+        return min(_check_int(n_threads, "n_threads", 1), len(self.chains))
 
     @staticmethod
     def _check_observables(observables) -> dict[str, Observable]:
@@ -488,6 +586,8 @@ def make_sampler(
     K: float | str,
     seed: int = 0,
     n_chains: int = 1,
+    chains: range | slice | None = None,
+    gather: Gather | None = None,
 ) -> Sampler:
     """Build a :class:`Sampler` over the rule called ``name``.
 
@@ -505,9 +605,12 @@ def make_sampler(
         Integer >= 0; chain ``c`` uses ``numpy.random.SeedSequence(seed).spawn(n_chains)[c]``.
     n_chains:
         Number of independent chains, >= 1.
+    chains, gather:
+        Run only these chains (default all), with ``gather`` for the decisions taken from all
+        chains; see :class:`Sampler`.
     """
     if name not in RULES:
         raise ValueError(f"sampler name must be one of {SAMPLERS}, got {name!r}")
     if not isinstance(lattice, Lattice):
         lattice = Lattice(tuple(lattice))
-    return Sampler(RULES[name](lattice, parse_coupling(K, "K")), seed, n_chains)
+    return Sampler(RULES[name](lattice, parse_coupling(K, "K")), seed, n_chains, chains, gather)

@@ -39,12 +39,25 @@ samples are ordered step-major: ``x.reshape(n // n_chains, n_chains, *event_shap
           = 2^{-N} e^{alpha N / 2} (2 pi)^{N/2} det(A)^{1/2} sum_s N(x; A s, A) exp(s^T K s / 2),
 
 a mixture over Ising configurations ``s`` with Boltzmann weights of Gaussians of mean ``A s`` and
-covariance ``A``: draw ``s`` from a cluster Monte Carlo sampler, then ``x = A s + chol(A) eps``
-with ``eps ~ N(0, I)``. Hence ``E[x] = 0`` and ``Cov x = A + A <s s^T> A``.
+covariance ``A``: draw ``s`` from a cluster Monte Carlo sampler, then ``x = A s + B eps`` with
+``eps ~ N(0, I)`` and any ``B B^T = A`` (``A^{1/2}``, or ``chol(A)`` on the dense path). Hence
+``E[x] = 0`` and ``Cov x = A + A <s s^T> A``.
 :class:`GaussianTarget` offers its exact :meth:`GaussianTarget.sample`.
 
-Matrices are held as float64 buffers (so ``module.to(device)`` moves them) and cast to the dtype of
-``x`` on use; they are dense ``N x N``, which suits lattices up to a few thousand sites.
+**Large lattices.** On the periodic hypercubic lattices of :class:`~deeprg.lattice.Lattice`,
+``A = K + alpha I`` (and ``mass I + c * Laplacian`` of :meth:`GaussianTarget.lattice_correlated`)
+commutes with translations, so it is a convolution diagonalized by the FFT
+(:mod:`deeprg.models.circulant`). By default (``method="fft"``) :class:`RelaxedIsing` holds only
+the eigenvalues of ``A`` (a float64 buffer of about ``N / 2`` numbers): ``alpha`` from the lowest
+eigenvalue, ``ln det A`` from all of them, ``x^T A^{-1} x`` by one real FFT per field, reference
+samples by FFTs; nothing is ``N x N``, so 128 x 128 and beyond fit. ``method="dense"`` keeps the
+``N x N`` matrices (``eigh``, the precision matrix, Cholesky), the reference for tests and
+benchmarks, for lattices up to a few thousand sites. :class:`GaussianTarget` is dense unless it
+is given a :class:`~deeprg.models.circulant.CirculantOperator` as its precision
+(``lattice_correlated(..., method="fft")``).
+
+Buffers are float64 (so ``module.to(device)`` moves them) and are converted to the dtype and
+device of ``x`` once and kept (:class:`~deeprg.models.circulant.CastCache`).
 """
 
 from __future__ import annotations
@@ -62,10 +75,11 @@ from torch import Tensor
 from deeprg.lattice import Lattice
 from deeprg.mc.samplers import SAMPLERS, make_sampler
 from deeprg.mc.stats import integrated_autocorr_time
+from deeprg.models.circulant import CastCache, CirculantOperator, adjacency_kernel, circulant_spectrum
 from deeprg.models.exact import exact_solution
 from deeprg.models.ising import parse_coupling
 
-__all__ = ["AUTO_THIN_IN_TAU", "GaussianTarget", "RelaxedIsing", "Target", "log_cosh", "reference_sampler"]
+__all__ = ["AUTO_THIN_IN_TAU", "METHODS", "GaussianTarget", "RelaxedIsing", "Target", "log_cosh", "reference_sampler"]
 
 #: ``thin="auto"`` of :meth:`RelaxedIsing.sample_reference` keeps one configuration every
 #: ``ceil(AUTO_THIN_IN_TAU * tau)`` updates, ``tau`` the pilot's autocorrelation time of the energy:
@@ -74,6 +88,10 @@ __all__ = ["AUTO_THIN_IN_TAU", "GaussianTarget", "RelaxedIsing", "Target", "log_
 AUTO_THIN_IN_TAU = 4.0
 
 _LN2 = math.log(2.0)
+
+#: The ``method`` of :class:`RelaxedIsing`: ``"fft"`` (circulant operator, ``O(N)`` memory) or
+#: ``"dense"`` (``N x N`` matrices, the reference path).
+METHODS = ("fft", "dense")
 
 
 @runtime_checkable
@@ -110,25 +128,8 @@ def _flatten_batch(x: Tensor, event_shape: tuple[int, ...]) -> Tensor:
 
 def _quadratic_form(flat: Tensor, matrix: Tensor) -> Tensor:
     """``x^T M x`` for each row of ``flat`` ``(batch, N)``, in ``flat``'s dtype; shape ``(batch,)``.
-    ``matrix`` must already have ``flat``'s dtype and device (see :class:`_MatrixLike`)."""
+    ``matrix`` must already have ``flat``'s dtype and device (see :class:`~deeprg.models.circulant.CastCache`)."""
     return ((flat @ matrix) * flat).sum(dim=-1)
-
-
-class _MatrixLike:
-    """A float64 matrix converted once per dtype and device and kept: converting an N x N matrix
-    on every call (11 calls per HMC step) made glibc's heap grow by megabytes per step on large
-    lattices (a 32x32 physical-HMC benchmark ran out of 22 GB)."""
-
-    def __init__(self) -> None:
-        self._copies: dict = {}
-
-    def __call__(self, matrix: Tensor, like: Tensor) -> Tensor:
-        if matrix.dtype == like.dtype and matrix.device == like.device:
-            return matrix
-        key = (matrix.data_ptr(), matrix.device, like.dtype, like.device)
-        if key not in self._copies:
-            self._copies = {key: matrix.to(device=like.device, dtype=like.dtype)}
-        return self._copies[key]
 
 
 def log_cosh(x: Tensor) -> Tensor:
@@ -156,56 +157,91 @@ class RelaxedIsing(torch.nn.Module):
     alpha:
         Explicit offset; ``K + alpha I`` must be positive definite (lowest eigenvalue above
         ``1e-10 * max(1, ||K||)``), else ``ValueError``.
+    method:
+        ``"fft"`` (default): ``A = K + alpha I`` is circulant on the periodic lattice and is held
+        as its eigenvalues ``alpha + K sum_mu 2 cos(2 pi k_mu / L_mu)``
+        (:class:`~deeprg.models.circulant.CirculantOperator`); no ``N x N`` matrix is ever
+        formed (``O(N)`` memory, ``O(N log N)`` per field), so any lattice size works.
+        ``"dense"``: the ``N x N`` precision matrix from ``eigh`` (the reference path, a few
+        thousand sites at most). Both give the same ``alpha``, ``ln_det``, ``exact_ln_z`` and
+        log-density to rounding. Else ``ValueError``.
 
     Attributes
     ----------
     event_shape: ``lattice.shape``.
     n_sites: ``N``.
-    precision: float64 buffer ``(N, N)``, ``(K + alpha I)^{-1}``.
+    method: ``"fft"`` or ``"dense"``.
+    operator: the :class:`~deeprg.models.circulant.CirculantOperator` ``A`` (``method="fft"``),
+        ``None`` for ``method="dense"``.
+    precision: only for ``method="dense"``: float64 buffer ``(N, N)``, ``(K + alpha I)^{-1}``
+        (``AttributeError`` naming the alternatives for ``method="fft"``).
+    lowest_eigenvalue: the lowest eigenvalue of ``K + alpha I``.
     ln_det: ``ln det(K + alpha I)``.
     ln_z_ising: exact ``ln Z_Ising`` (Kaufman in 2D, transfer matrix in 1D), ``None`` in 3D.
     exact_ln_z: ``ln Z_Ising + ln_det / 2 + (N/2)[ln(pi/2) + alpha]``, ``None`` in 3D.
     """
 
     def __init__(self, lattice: Lattice, K: float, *, min_eigenvalue: float = 0.1,
-                 alpha: float | None = None) -> None:
+                 alpha: float | None = None, method: str = "fft") -> None:
         super().__init__()
         if not isinstance(lattice, Lattice):
             raise TypeError(f"lattice must be a deeprg Lattice, got {type(lattice).__name__}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self._lattice = lattice
         self._K = parse_coupling(K, "K")
-        coupling = lattice.coupling_matrix(self._K)
-        eigvals, eigvecs = np.linalg.eigh(coupling)
-        lowest = float(eigvals[0])
+        self._method = method
+        if method == "dense":
+            coupling = lattice.coupling_matrix(self._K)
+            eigvals, eigvecs = np.linalg.eigh(coupling)
+            lowest, largest = float(eigvals[0]), float(np.abs(eigvals).max())
+        else:
+            spectrum = self._K * circulant_spectrum(adjacency_kernel(lattice))  # of K * adjacency
+            lowest, largest = float(spectrum.min()), float(np.abs(spectrum).max())
+        # numerically positive definite: a singular or nearly singular A would make the
+        # precision matrix meaningless
+        tol = 1e-10 * max(1.0, largest)
         if alpha is None:
             m = float(min_eigenvalue)
-            if not math.isfinite(m) or m <= 0:
-                raise ValueError(f"min_eigenvalue must be a finite number > 0, got {min_eigenvalue!r}")
+            if not math.isfinite(m) or m <= tol:
+                raise ValueError(f"min_eigenvalue must be a finite number > {tol:.3g} (1e-10 times the coupling "
+                                 f"matrix's largest |eigenvalue|, at least 1e-10), got {min_eigenvalue!r}")
             self._alpha = m - lowest
         else:
             a = float(alpha)
-            # numerically positive definite: a singular or nearly singular A would make the
-            # precision matrix meaningless
-            tol = 1e-10 * max(1.0, float(np.abs(eigvals).max()))
             if not math.isfinite(a) or lowest + a <= tol:
                 raise ValueError(
                     f"alpha={alpha!r} does not make K + alpha I positive definite: its lowest "
                     f"eigenvalue would be {lowest + a:.6g} (need alpha > {-lowest:.6g})")
             self._alpha = a
-        w = eigvals + self._alpha  # eigenvalues of A = K + alpha I, all > 0
-        precision = (eigvecs / w) @ eigvecs.T
-        precision = 0.5 * (precision + precision.T)
-        self.register_buffer("precision", torch.from_numpy(precision).to(torch.float64))
-        self._precision_like = _MatrixLike()
+        if method == "dense":
+            w = eigvals + self._alpha  # eigenvalues of A = K + alpha I, all > 0
+            precision = (eigvecs / w) @ eigvecs.T
+            precision = 0.5 * (precision + precision.T)
+            self.register_buffer("precision", torch.from_numpy(precision).to(torch.float64))
+            self._precision_like = CastCache()
+            self.operator: CirculantOperator | None = None
+            self.ln_det: float = float(np.sum(np.log(w)))
+        else:
+            self.operator = CirculantOperator(spectrum + self._alpha)
+            self.ln_det = float(self.operator.ln_det)
+        self.lowest_eigenvalue: float = lowest + self._alpha
         self.event_shape: tuple[int, ...] = tuple(lattice.shape)
         self.n_sites: int = lattice.n_sites
-        self.ln_det: float = float(np.sum(np.log(w)))
         self.ln_z_ising: float | None = _ising_ln_z(lattice, self._K)
         n = self.n_sites
         self.exact_ln_z: float | None = (
             None if self.ln_z_ising is None
             else self.ln_z_ising + 0.5 * self.ln_det + 0.5 * n * (math.log(math.pi / 2) + self._alpha)
         )
+
+    def __getattr__(self, name: str):
+        if name == "precision" and self.__dict__.get("_method") == "fft":
+            raise AttributeError(
+                "RelaxedIsing(method='fft') holds no dense precision matrix (A^{-1} is applied by FFT): "
+                "use target.operator (solve, apply, quadratic_inverse, to_dense on small lattices) "
+                "or RelaxedIsing(..., method='dense')")
+        return super().__getattr__(name)
 
     @property
     def lattice(self) -> Lattice:
@@ -221,11 +257,23 @@ class RelaxedIsing(torch.nn.Module):
         """The diagonal offset of ``K + alpha I``."""
         return self._alpha
 
+    @property
+    def method(self) -> str:
+        """``"fft"`` (the circulant :attr:`operator`) or ``"dense"`` (the ``N x N`` :attr:`precision`)."""
+        return self._method
+
+    def _device(self) -> torch.device:
+        return self.operator.eigenvalues.device if self.operator is not None else self.precision.device
+
     def log_prob_unnormalized(self, x: Tensor) -> Tensor:
         """``ln pi(x)`` of Eq. 7 for ``x`` of shape ``(batch, *event_shape)``; returns ``(batch,)``
         in ``x``'s dtype and device (differentiable in ``x``)."""
         flat = _flatten_batch(x, self.event_shape)
-        return -0.5 * _quadratic_form(flat, self._precision_like(self.precision, flat)) + log_cosh(flat).sum(dim=-1)
+        if self.operator is not None:
+            quadratic = self.operator.quadratic_inverse(x)
+        else:
+            quadratic = _quadratic_form(flat, self._precision_like(self.precision, flat))
+        return -0.5 * quadratic + log_cosh(flat).sum(dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Alias of :meth:`log_prob_unnormalized`."""
@@ -253,8 +301,12 @@ class RelaxedIsing(torch.nn.Module):
     def sample_reference(self, n: int, seed: int, *, sampler: str = "wolff", n_chains: int = 1,
                          thin: int | str = "auto", burn_in: int | None = None) -> tuple[Tensor, dict]:
         """Exact samples of the normalized ``pi(x)``: Ising configurations ``s`` from a cluster
-        Monte Carlo sampler, then ``x = A s + chol(A) eps``, ``A = K + alpha I``, ``eps ~ N(0, I)``
-        (the mixture form of Eq. 7 in the module docstring).
+        Monte Carlo sampler, then ``x = A s + B eps``, ``A = K + alpha I``, ``eps ~ N(0, I)``
+        (the mixture form of Eq. 7 in the module docstring), with ``B B^T = A``: the symmetric
+        square root ``A^{1/2}`` by FFT for ``method="fft"``, the Cholesky factor for
+        ``method="dense"``. Both give ``x | s ~ N(A s, A)``, so both are exact, but the two
+        methods give different samples for the same seed (the same ``s`` and ``eps``); each is
+        reproducible for a given seed.
 
         Parameters
         ----------
@@ -316,18 +368,37 @@ class RelaxedIsing(torch.nn.Module):
         tau_m = _saved_tau(np.abs(run.series["magnetization"]))
         # (chains, steps, N) -> step-major (steps * chains, N), cut to n
         spins = np.swapaxes(run.spins.reshape(n_chains, steps, -1), 0, 1).reshape(steps * n_chains, -1)[:n]
-        a = self._lattice.coupling_matrix(self._K) + self._alpha * np.eye(self.n_sites)
         noise_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(n_chains + 1)[-1])
-        eps = noise_rng.standard_normal((n, self.n_sites))
-        x = spins.astype(np.float64) @ a + eps @ np.linalg.cholesky(a).T
+        if self.operator is None:
+            a = self._lattice.coupling_matrix(self._K) + self._alpha * np.eye(self.n_sites)
+            eps = noise_rng.standard_normal((n, self.n_sites))
+            x = torch.from_numpy(spins.astype(np.float64) @ a + eps @ np.linalg.cholesky(a).T)
+        else:
+            x = self._mixture_fields(spins, noise_rng)
         info = {"sampler": sampler, "n_chains": n_chains, "thin": int(thin), "burn_in": int(burn_in),
                 "pilot_tau_int": pilot_tau, "tau_int": max(tau_e, tau_m), "tau_int_energy": tau_e,
                 "tau_int_abs_magnetization": tau_m, "seconds": time.perf_counter() - t0}
-        x = torch.from_numpy(x.reshape((n,) + self.event_shape)).to(self.precision.device)
-        return x, info
+        return x.reshape((n,) + self.event_shape).to(self._device()), info
+
+    #: Fields computed at once by :meth:`_mixture_fields` (bounds its FFT temporaries).
+    _CHUNK = 256
+
+    def _mixture_fields(self, spins: np.ndarray, noise_rng: np.random.Generator) -> Tensor:
+        """``x = A s + A^{1/2} eps`` by FFT for spins ``(n, N)``, ``eps`` drawn row by row from
+        ``noise_rng`` (the same stream as one ``(n, N)`` draw); float64 ``(n, N)`` on the CPU."""
+        n = len(spins)
+        out = torch.empty((n, self.n_sites), dtype=torch.float64)
+        device = self._device()
+        for start in range(0, n, self._CHUNK):
+            stop = min(n, start + self._CHUNK)
+            s = torch.from_numpy(spins[start:stop].astype(np.float64)).reshape((-1,) + self.event_shape)
+            eps = torch.from_numpy(noise_rng.standard_normal((stop - start, self.n_sites)))
+            x = self.operator.apply(s.to(device)) + self.operator.sqrt_apply(eps.reshape(s.shape).to(device))
+            out[start:stop] = x.reshape(stop - start, -1).cpu()
+        return out
 
     def extra_repr(self) -> str:
-        return f"lattice={self._lattice}, K={self._K:.6g}, alpha={self._alpha:.6g}"
+        return f"lattice={self._lattice}, K={self._K:.6g}, alpha={self._alpha:.6g}, method={self._method!r}"
 
 
 def _saved_tau(series: np.ndarray) -> float:
@@ -356,11 +427,16 @@ class GaussianTarget(torch.nn.Module):
         Shape of one field; ``N = prod(event_shape)``.
     precision, covariance:
         Exactly one, an ``(N, N)`` symmetric positive definite matrix (array or tensor); the
-        covariance is inverted. ``ValueError`` if it is not symmetric positive definite.
+        covariance is inverted. ``ValueError`` if it is not symmetric positive definite. The
+        precision may instead be a :class:`~deeprg.models.circulant.CirculantOperator` of shape
+        ``event_shape`` (a translation-invariant Gaussian on a periodic lattice): then nothing
+        ``N x N`` is formed, the log-density and samples go through FFTs.
 
     Attributes
     ----------
-    precision: float64 buffer ``(N, N)``. covariance: float64 buffer ``(N, N)``, ``P^{-1}``.
+    precision: float64 buffer ``(N, N)``. covariance: float64 buffer ``(N, N)``, ``P^{-1}``
+        (both only for a matrix; ``AttributeError`` for an operator).
+    operator: the :class:`~deeprg.models.circulant.CirculantOperator` ``P``, or ``None``.
     exact_ln_z: ``(N/2) ln 2 pi - (1/2) ln det P``.
     """
 
@@ -372,6 +448,17 @@ class GaussianTarget(torch.nn.Module):
         n = int(np.prod(self.event_shape))
         if (precision is None) == (covariance is None):
             raise ValueError("give exactly one of precision and covariance")
+        self.n_sites: int = n
+        if isinstance(precision, CirculantOperator):
+            if precision.shape != self.event_shape:
+                raise ValueError(f"precision operator has shape {precision.shape}, need event_shape {self.event_shape}")
+            if precision.lowest <= 0:
+                raise ValueError(f"precision must be positive definite; its lowest eigenvalue is "
+                                 f"{precision.lowest:.6g}")
+            self.operator: CirculantOperator | None = precision
+            self.ln_det_precision: float = float(precision.ln_det)
+            self.exact_ln_z: float | None = 0.5 * n * math.log(2.0 * math.pi) - 0.5 * self.ln_det_precision
+            return
         name = "precision" if precision is not None else "covariance"
         m = _as_numpy(precision if precision is not None else covariance)
         if m.shape != (n, n):
@@ -387,24 +474,40 @@ class GaussianTarget(torch.nn.Module):
         p, cov = (m, inv) if name == "precision" else (inv, m)
         ln_det_p = ln_det_m if name == "precision" else -ln_det_m
         self.register_buffer("precision", torch.from_numpy(p))
-        self._precision_like = _MatrixLike()
+        self._precision_like = CastCache()
         self.register_buffer("covariance", torch.from_numpy(cov))
         self.register_buffer("_scale", torch.from_numpy(np.linalg.cholesky(cov)))
-        self.n_sites: int = n
-        self.ln_det_precision: float = ln_det_p
-        self.exact_ln_z: float | None = 0.5 * n * math.log(2.0 * math.pi) - 0.5 * ln_det_p
+        self.operator = None
+        self.ln_det_precision = ln_det_p
+        self.exact_ln_z = 0.5 * n * math.log(2.0 * math.pi) - 0.5 * ln_det_p
+
+    def __getattr__(self, name: str):
+        if name in ("precision", "covariance", "_scale") and "operator" in self.__dict__.get("_modules", {}):
+            raise AttributeError(
+                f"a GaussianTarget with a circulant precision operator holds no dense {name} matrix: "
+                "use target.operator (apply, solve, quadratic, to_dense on small lattices)")
+        return super().__getattr__(name)
 
     @classmethod
-    def lattice_correlated(cls, lattice: Lattice, c: float = 1.0, *, mass: float = 1.0) -> GaussianTarget:
+    def lattice_correlated(cls, lattice: Lattice, c: float = 1.0, *, mass: float = 1.0,
+                           method: str = "dense") -> GaussianTarget:
         """Translation-invariant Gaussian on ``lattice``: ``P = mass I + c L`` with the graph
         Laplacian ``L = 2d I - A`` (``A`` = :meth:`Lattice.adjacency`), i.e. a free lattice field
         ``sum_i mass x_i^2 / 2 + c sum_<ij> (x_i - x_j)^2 / 2``; ``c >= 0``, ``mass > 0``. The
-        correlation length grows like ``sqrt(c / mass)``."""
+        correlation length grows like ``sqrt(c / mass)``. ``method``: ``"dense"`` (default; the
+        ``N x N`` :attr:`precision` and :attr:`covariance`) or ``"fft"`` (``P`` as a
+        :class:`~deeprg.models.circulant.CirculantOperator` with eigenvalues
+        ``mass + c sum_mu (2 - 2 cos(2 pi k_mu / L_mu))``, for large lattices)."""
         c, mass = float(c), float(mass)
         if not math.isfinite(c) or c < 0:
             raise ValueError(f"c must be a finite number >= 0, got {c!r}")
         if not math.isfinite(mass) or mass <= 0:
             raise ValueError(f"mass must be a finite number > 0, got {mass!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if method == "fft":
+            spectrum = mass + c * (2 * lattice.d - circulant_spectrum(adjacency_kernel(lattice)))
+            return cls(lattice.shape, precision=CirculantOperator(spectrum))
         adjacency = lattice.adjacency()
         laplacian = 2 * lattice.d * np.eye(lattice.n_sites) - adjacency
         return cls(lattice.shape, precision=mass * np.eye(lattice.n_sites) + c * laplacian)
@@ -413,6 +516,8 @@ class GaussianTarget(torch.nn.Module):
         """``-x^T P x / 2`` for ``x`` of shape ``(batch, *event_shape)``; returns ``(batch,)`` in
         ``x``'s dtype and device."""
         flat = _flatten_batch(x, self.event_shape)
+        if self.operator is not None:
+            return -0.5 * self.operator.quadratic(x)
         return -0.5 * _quadratic_form(flat, self._precision_like(self.precision, flat))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -426,7 +531,13 @@ class GaussianTarget(torch.nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, *,
                dtype: torch.dtype = torch.float64) -> Tensor:
-        """``n`` exact samples, shape ``(n, *event_shape)``, on the buffers' device."""
+        """``n`` exact samples, shape ``(n, *event_shape)``, on the buffers' device: ``C z`` with
+        ``z ~ N(0, I)`` and ``C C^T = P^{-1}`` (the Cholesky factor of the covariance, or ``P^{-1/2}``
+        by FFT for an operator, which gives different samples for the same generator)."""
+        if self.operator is not None:
+            device = self.operator.eigenvalues.device
+            z = torch.randn((int(n),) + self.event_shape, generator=generator, dtype=dtype, device=device)
+            return self.operator.power_apply(z, -0.5)
         scale = self._scale.to(dtype)
         z = torch.randn((int(n), self.n_sites), generator=generator, dtype=dtype, device=scale.device)
         return (z @ scale.T).reshape((int(n),) + self.event_shape)
@@ -438,7 +549,8 @@ class GaussianTarget(torch.nn.Module):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
         t0 = time.perf_counter()
-        generator = torch.Generator(device=self._scale.device).manual_seed(int(seed))
+        device = self.operator.eigenvalues.device if self.operator is not None else self._scale.device
+        generator = torch.Generator(device=device).manual_seed(int(seed))
         x = self.sample(int(n), generator)
         return x, {"n_chains": 1, "tau_int": 0.5, "seconds": time.perf_counter() - t0}
 

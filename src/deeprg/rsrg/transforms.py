@@ -42,6 +42,7 @@ __all__ = [
     "coarse_grain",
     "level_generators",
     "max_levels",
+    "stream_generators",
 ]
 
 
@@ -195,6 +196,16 @@ class RBMProjector:
 def level_generators(seed: int, levels: int) -> list[np.random.Generator]:
     """One independent generator per RG level, from ``SeedSequence(seed).spawn(levels)``."""
     return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(levels)]
+
+
+def stream_generators(seed: int, levels: int, index: int) -> list[np.random.Generator]:
+    """One generator per RG level for stream ``index`` (e.g. a fixed global chunk of the data):
+    level ``n`` uses ``SeedSequence(seed, spawn_key=(n - 1, index))``, the ``index``-th child of
+    the level's sequence ``SeedSequence(seed).spawn(levels)[n - 1]`` of :func:`level_generators`,
+    derived directly (no spawning of the ``index`` earlier ones)."""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+        raise ValueError(f"index must be an integer >= 0, got {index!r}")
+    return [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(n, int(index)))) for n in range(levels)]
 
 
 def max_levels(shape: tuple[int, ...]) -> int:

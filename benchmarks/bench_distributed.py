@@ -1,0 +1,165 @@
+"""Speed-up of 2 processes (``torchrun``, gloo) over 1 on this machine, for flow training, Wolff
+sampling and MCRG (issue 15).
+
+Run from the repository root, alone on the machine (about 15 minutes; writes
+benchmarks/results/distributed.json and .md)::
+
+    python benchmarks/bench_distributed.py [--quick]
+
+Each workload runs as a fresh command three ways: one process with one thread, one process with
+two threads (the best a single process does on 2 cores), and two processes with one thread each
+(``python -m torch.distributed.run --standalone --nproc-per-node 2 -m -- deeprg ...``). The speed-up
+is the one-process-one-thread time over the two-process time. Times:
+
+* **flow training** (16x16, the default MERA flow, batch 256, float32): ``wall_seconds`` of the
+  training loop as the run reports it (no start-up, no final evaluation), per step;
+* **Wolff sampling** (32x32 at K_c, 4 chains): wall time of ``deeprg sample ising`` minus the
+  same command's time for a tiny run (start-up, numba compilation, burn-in's pilot excluded as
+  far as a fixed cost goes);
+* **MCRG** (majority rule, 32x32, N_r = 1..3, the configurations of the sampling run): wall time
+  of ``deeprg mcrg``, start-up subtracted the same way.
+
+Each also checks that the 2-process result equals the 1-process one (parameters within 1e-6
+for the flow in float32 after the run; identical spins and MCRG exponents).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from machine import describe
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+#: (label, processes, threads per process)
+LAYOUTS = (("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 1, 2), ("2 processes, 1 thread each", 2, 1))
+
+
+def deeprg(argv: list[str], processes: int, threads: int) -> float:
+    """Run ``deeprg argv``; returns its wall time in seconds."""
+    launch = ([sys.executable, "-m", "deeprg"] if processes == 1 else
+              [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "--", "deeprg"])
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads),
+           "PYTHONWARNINGS": "ignore"}
+    t0 = time.perf_counter()
+    done = subprocess.run([*launch, *argv], capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"deeprg {' '.join(argv)} on {processes} process(es) failed:\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def flow(tmp: Path, steps: int, L: int) -> dict:
+    out = {}
+    states = {}
+    for label, processes, threads in LAYOUTS:
+        run = tmp / f"flow_{processes}_{threads}"
+        (tmp / "eval.toml").write_text("eval_samples = 256\n")
+        deeprg(["flow", "train", "--L", str(L), "--steps", str(steps), "--threads", str(threads), "--config",
+                str(tmp / "eval.toml"), "--out", str(run), "--quiet"], processes, threads)
+        metrics = json.loads((run / "metrics.json").read_text())
+        out[label] = {"seconds_per_step": metrics["wall_seconds"] / steps}
+        states[label] = torch.load(run / "checkpoint.pt", weights_only=True)["flow"]
+        print(f"  flow {L}x{L}, {label}: {out[label]['seconds_per_step'] * 1e3:.1f} ms/step", flush=True)
+    a, b = states[LAYOUTS[0][0]], states[LAYOUTS[2][0]]
+    out["max_parameter_difference_1_vs_2_processes"] = max(float((a[k] - b[k]).abs().max()) for k in a)
+    return out
+
+
+def sampling(tmp: Path, n: int, L: int) -> tuple[dict, Path]:
+    out = {}
+    base = ["sample", "ising", "--L", str(L), "--beta", "critical", "--chains", "4", "--seed", "7", "--quiet"]
+    for label, processes, threads in LAYOUTS:
+        small = deeprg([*base, "--n", "128", "--out", str(tmp / f"small_{processes}_{threads}.npz")], processes,
+                       threads)
+        path = tmp / f"wolff_{processes}_{threads}.npz"
+        total = deeprg([*base, "--n", str(n), "--out", str(path)], processes, threads)
+        out[label] = {"seconds": total - small, "command_seconds": total, "fixed_seconds": small}
+        print(f"  Wolff {L}x{L}, {n} configurations, {label}: {total - small:.1f} s (+{small:.1f} s fixed)",
+              flush=True)
+    spins = [np.load(tmp / f"wolff_{p}_{t}.npz")["spins"] for _, p, t in LAYOUTS]
+    out["identical_spins"] = all(np.array_equal(spins[0], s) for s in spins[1:])
+    return out, tmp / "wolff_1_1.npz"
+
+
+def mcrg(tmp: Path, data: Path, small_data: Path) -> dict:
+    out = {}
+    for label, processes, threads in LAYOUTS:
+        base = ["mcrg", "--transform", "majority", "--levels", "3", "--blocks", "8", "--threads", str(threads),
+                "--quiet", "--json"]
+        small = deeprg([*base, "--levels", "1", "--data", str(small_data)], processes, threads)
+        total = deeprg([*base, "--data", str(data)], processes, threads)
+        out[label] = {"seconds": total - small, "command_seconds": total, "fixed_seconds": small}
+        print(f"  MCRG, {label}: {total - small:.1f} s (+{small:.1f} s fixed)", flush=True)
+    return out
+
+
+def speedups(section: dict, key: str) -> dict:
+    one, two = section[LAYOUTS[0][0]][key], section[LAYOUTS[2][0]][key]
+    threads = section[LAYOUTS[1][0]][key]
+    return {"2 processes over 1 process, 1 thread": one / two, "2 processes over 1 process, 2 threads": threads / two}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: small sizes")
+    args = parser.parse_args()
+    steps, L_flow, n, L_mc = (5, 8, 512, 16) if args.quick else (60, 16, 20_000, 32)
+    stem = "distributed_quick" if args.quick else "distributed"
+    result = {"command": "python benchmarks/bench_distributed.py" + (" --quick" if args.quick else ""),
+              "machine": describe()}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        result["flow"] = flow(tmp, steps, L_flow)
+        result["flow"]["speedup"] = speedups(result["flow"], "seconds_per_step")
+        result["sampling"], data = sampling(tmp, n, L_mc)
+        result["sampling"]["speedup"] = speedups(result["sampling"], "seconds")
+        result["mcrg"] = mcrg(tmp, data, tmp / "small_1_1.npz")
+        result["mcrg"]["speedup"] = speedups(result["mcrg"], "seconds")
+    result["sizes"] = {"flow_L": L_flow, "flow_steps": steps, "sampling_L": L_mc, "sampling_n": n}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown(result))
+    print((RESULTS / f"{stem}.md").read_text())
+
+
+def markdown(r: dict) -> str:
+    m, s = r["machine"], r["sizes"]
+    targets = {"flow": 1.5, "sampling": 1.7, "mcrg": 1.7}
+    names = {"flow": f"flow training ({s['flow_L']}x{s['flow_L']}, batch 256), s/step",
+             "sampling": f"Wolff sampling ({s['sampling_L']}x{s['sampling_L']}, {s['sampling_n']} configurations, 4 "
+                         "chains), s",
+             "mcrg": f"MCRG (majority, {s['sampling_L']}x{s['sampling_L']}, N_r = 1..3), s"}
+    lines = [
+        "# Two processes against one (torch.distributed, gloo)", "",
+        f"Command: `{r['command']}` (method in its docstring). Run alone on the machine.", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, torch {m['torch']}, numpy {m['numpy']}, "
+        f"numba {m['numba']}, deeprg {m['deeprg']}; {m['platform']}; {m['date']}.", "",
+        "| workload | " + " | ".join(label for label, _, _ in LAYOUTS) + " | speed-up over 1 thread | over 2 threads | "
+        "target |", "|---|---|---|---|---|---|---|"]
+    for key, name in names.items():
+        sec = r[key]
+        times = [sec[label].get("seconds_per_step", sec[label].get("seconds")) for label, _, _ in LAYOUTS]
+        sp = sec["speedup"]
+        one, two = sp["2 processes over 1 process, 1 thread"], sp["2 processes over 1 process, 2 threads"]
+        lines.append(f"| {name} | " + " | ".join(f"{t:.4g}" for t in times)
+                     + f" | {one:.2f}x | {two:.2f}x | >= {targets[key]}x: {'met' if one >= targets[key] else 'not met'} |")
+    lines += ["", f"Flow parameters after training, 1 vs 2 processes: max difference "
+              f"{r['flow']['max_parameter_difference_1_vs_2_processes']:.2e} (float32).",
+              f"Wolff configurations identical on 1 and 2 processes: {r['sampling']['identical_spins']}.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

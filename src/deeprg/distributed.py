@@ -1,0 +1,288 @@
+"""Several processes, nodes or GPUs through ``torch.distributed`` (launched by ``torchrun``).
+
+deeprg does not start processes itself: ``torchrun --nproc-per-node N deeprg ...`` starts ``N``
+copies of a command and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``,
+``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init` reads them and joins the process group (gloo on
+CPU, NCCL for GPU tensors, one GPU per local rank). Without them it returns the
+one-process :data:`SINGLE` world, on which every method below is a cheap no-op, so numerical code
+is written once for both cases.
+
+Conventions that make results independent of the number of processes:
+
+* work is split into contiguous shares in global order (:meth:`World.share`): rank ``r`` of
+  ``W`` gets items ``[r n // W, (r + 1) n // W)``;
+* random streams are derived from the seed and the *global* index of a chain, sample or batch
+  row, never from the rank;
+* float64 totals that must be bit-identical across world sizes are summed by
+  :meth:`World.ordered_sum` (every rank's per-unit partial sums gathered, then added in global
+  unit order, exactly as one process adds them); totals that may differ in the last bits
+  (gradients) use ``all_reduce``;
+* only rank 0 writes files (:attr:`World.main`); collective calls raise :class:`PeerLost` with a
+  clear message when another process has died, so no rank hangs or writes half a result.
+
+Collectives take and return numpy arrays (or Python scalars) and travel as CPU tensors (gloo).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["SINGLE", "DistributedMismatch", "PeerLost", "World", "current", "default_threads", "init", "launched",
+           "run_device", "shutdown", "sum_in_order"]
+
+#: How long a collective waits for the other ranks before failing (a rank that died is normally
+#: detected at once, when its connection closes; this bounds the wait on a rank that hangs).
+TIMEOUT = datetime.timedelta(minutes=30)
+
+#: Environment variables ``torchrun`` sets for every process.
+_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+class DistributedMismatch(ValueError):
+    """The ranks of one run disagree (different configs, inputs or world assumptions)."""
+
+
+class PeerLost(RuntimeError):
+    """A collective failed: another process of the run stopped or cannot be reached."""
+
+
+@dataclass(frozen=True)
+class World:
+    """The processes of one run and this process's place among them.
+
+    ``rank`` in ``[0, size)``; ``local_rank`` in ``[0, local_size)`` among the processes of this
+    node; ``backend`` ``None`` (one process), ``"gloo"`` or ``"cpu:gloo,cuda:nccl"``. The
+    collectives below exchange CPU tensors (gloo); DDP's gradient buckets on GPUs go through NCCL.
+    """
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+    backend: str | None = None
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0, the one that writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def share(self, n: int, rank: int | None = None) -> slice:
+        """This rank's (or ``rank``'s) contiguous share of ``n`` items in global order:
+        ``[r n // W, (r + 1) n // W)``; shares differ in length by at most one."""
+        r = self.rank if rank is None else rank
+        return slice(r * n // self.size, (r + 1) * n // self.size)
+
+    def require_at_most(self, n: int, what: str) -> None:
+        """``DistributedMismatch`` (the same on every rank, before any work) unless every rank gets
+        at least one of the ``n`` ``what`` (e.g. ``"batch"``, ``"chains"``)."""
+        if n < self.size:
+            raise DistributedMismatch(
+                f"{what} ({n}) must be at least the number of processes ({self.size}): every process needs "
+                f"a share; use fewer processes or more {what}")
+
+    # ---- collectives (no-ops on one process) ------------------------------------------------
+    def _run(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (RuntimeError, OSError) as err:  # gloo / NCCL raise RuntimeError subclasses
+            raise PeerLost(f"rank {self.rank} of {self.size}: {what} failed, another process of the run has "
+                           f"stopped or cannot be reached ({str(err).splitlines()[0] if str(err) else err!r})") from None
+
+    @staticmethod
+    def _tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+    def barrier(self) -> None:
+        if self.distributed:
+            self._run("barrier", torch.distributed.barrier)
+
+    def all_sum(self, values) -> np.ndarray:
+        """Element-wise float64 sum over ranks, on every rank (the order of addition is the
+        backend's: use :meth:`ordered_sum` where bit-identical totals matter)."""
+        a = np.asarray(values, dtype=np.float64)
+        if not self.distributed:
+            return a.copy()
+        t = self._tensor(a)
+        self._run("all_reduce", torch.distributed.all_reduce, t)
+        return t.cpu().numpy().reshape(a.shape)
+
+    def all_sum_int(self, values) -> np.ndarray:
+        """Element-wise int64 sum over ranks, on every rank: exact, hence the same whatever the
+        order of addition (the caller makes sure the totals fit in int64: they wrap around)."""
+        a = np.asarray(values)
+        if a.dtype.kind not in "iub":
+            raise TypeError(f"all_sum_int needs integers, got dtype {a.dtype}")
+        a = a.astype(np.int64)
+        if not self.distributed:
+            return a
+        t = self._tensor(a)
+        self._run("all_reduce", torch.distributed.all_reduce, t)
+        return t.cpu().numpy().reshape(a.shape)
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (e.g. a stop request or a non-finite loss)."""
+        if not self.distributed:
+            return bool(flag)
+        return bool(self.all_sum([1.0 if flag else 0.0])[0] > 0)
+
+    def all_gather_rows(self, local: np.ndarray) -> np.ndarray:
+        """Concatenate every rank's ``(n_r, ...)`` array along axis 0 in rank order (global
+        order for :meth:`share`), on every rank; shapes past axis 0 and the dtype must agree."""
+        local = np.ascontiguousarray(local)
+        if not self.distributed:
+            return local.copy()
+        counts = self._gather_counts(local)
+        pad = max(counts)
+        buffer = np.zeros((pad,) + local.shape[1:], dtype=local.dtype)
+        buffer[: len(local)] = local
+        parts = [self._tensor(np.empty_like(buffer)) for _ in range(self.size)]
+        self._run("all_gather", torch.distributed.all_gather, parts, self._tensor(buffer))
+        return np.concatenate([p.cpu().numpy()[:c] for p, c in zip(parts, counts, strict=True)])
+
+    def gather_rows(self, local: np.ndarray) -> np.ndarray | None:
+        """:meth:`all_gather_rows` received by rank 0 only (``None`` on the other ranks), so that
+        only rank 0 holds everything (e.g. the configurations it writes); on one process
+        ``local`` itself, not a copy."""
+        local = np.ascontiguousarray(local)
+        if not self.distributed:
+            return local
+        counts = self._gather_counts(local)
+        buffer = np.zeros((max(counts),) + local.shape[1:], dtype=local.dtype)
+        buffer[: len(local)] = local
+        parts = [self._tensor(np.empty_like(buffer)) for _ in range(self.size)] if self.main else None
+        self._run("gather", torch.distributed.gather, self._tensor(buffer), parts, dst=0)
+        if not self.main:
+            return None
+        return np.concatenate([p.cpu().numpy()[:c] for p, c in zip(parts, counts, strict=True)])
+
+    def _gather_counts(self, local: np.ndarray) -> list[int]:
+        meta = np.zeros(self.size, dtype=np.int64)
+        meta[self.rank] = len(local)
+        t = self._tensor(meta)
+        self._run("all_reduce", torch.distributed.all_reduce, t)
+        return [int(c) for c in t.cpu().numpy()]
+
+    def ordered_sum(self, partials) -> np.ndarray:
+        """Sum of per-unit float64 partial sums ``(units_r, ...)`` over all ranks' units in global
+        unit order, added one unit after the other: bit-identical to one process summing the same
+        units the same way (:func:`sum_in_order`), whatever the world size."""
+        return sum_in_order(self.all_gather_rows(np.asarray(partials, dtype=np.float64)))
+
+    def check_same(self, payload, what: str) -> None:
+        """Raise :class:`DistributedMismatch` on every rank unless ``payload`` (JSON-serializable,
+        e.g. a config dict) is the same on all ranks; compares SHA-256 hashes, so the payload
+        itself never travels."""
+        if not self.distributed:
+            return
+        text = json.dumps(payload, sort_keys=True, default=str)
+        digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), dtype=np.uint8)
+        hashes = self.all_gather_rows(digest[None, :].astype(np.int64))
+        groups: dict[bytes, list[int]] = {}
+        for r, h in enumerate(hashes):
+            groups.setdefault(h.tobytes(), []).append(r)
+        if len(groups) > 1:
+            sets = "; ".join(f"ranks {', '.join(map(str, ranks))}" for ranks in groups.values())
+            raise DistributedMismatch(
+                f"the processes were started with different {what} ({len(groups)} different ones: {sets}); "
+                f"start every process with the same options and files")
+
+
+def sum_in_order(partials: np.ndarray) -> np.ndarray:
+    """``partials[0] + partials[1] + ...`` added one row after the other in float64 (the order
+    every world size uses; ``np.sum`` may pair terms differently)."""
+    p = np.asarray(partials, dtype=np.float64)
+    total = np.zeros(p.shape[1:], dtype=np.float64)
+    for row in p:
+        total = total + row
+    return total
+
+
+#: The world of a run started without ``torchrun``.
+SINGLE = World()
+
+_current = SINGLE
+
+
+def _env_int(name: str) -> int:
+    value = os.environ[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise DistributedMismatch(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def launched() -> bool:
+    """Whether this process was started by ``torchrun`` with more than one process."""
+    return "WORLD_SIZE" in os.environ and _env_int("WORLD_SIZE") > 1
+
+
+def init(device: str | torch.device = "cpu") -> World:
+    """Join the process group ``torchrun`` described in the environment, or return
+    :data:`SINGLE` when started without it (or with one process). The group uses gloo for CPU
+    tensors and, where torch has CUDA, NCCL for CUDA tensors (``"cpu:gloo,cuda:nccl"``), with GPU
+    ``LOCAL_RANK`` as this process's CUDA device. ``device``: the run's device; ``"cuda"`` checks
+    that this local rank has a GPU. Idempotent; :func:`shutdown` leaves the group."""
+    global _current
+    if _current.distributed or not launched():
+        return _current
+    missing = [name for name in _ENV + ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        raise DistributedMismatch(f"WORLD_SIZE is set but {', '.join(missing)} is not: start deeprg on several "
+                                  "processes with torchrun (see docs/scaling.md)")
+    rank, size = _env_int("RANK"), _env_int("WORLD_SIZE")
+    local_rank, local_size = _env_int("LOCAL_RANK"), _env_int("LOCAL_WORLD_SIZE")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if torch.device(device).type == "cuda" and local_rank >= gpus:
+        raise DistributedMismatch(f"rank {rank}: --device cuda needs one GPU per local process, but local rank "
+                                  f"{local_rank} sees {gpus} GPU(s)")
+    if local_rank < gpus:
+        torch.cuda.set_device(local_rank)
+    backend = "cpu:gloo,cuda:nccl" if gpus else "gloo"
+    try:
+        torch.distributed.init_process_group(backend, rank=rank, world_size=size, timeout=TIMEOUT)
+    except (RuntimeError, ValueError) as err:
+        raise PeerLost(f"rank {rank}: could not join the process group ({err})") from None
+    _current = World(rank, size, local_rank, local_size, backend)
+    return _current
+
+
+def run_device(device: str | torch.device, world: World | None = None) -> torch.device:
+    """The device this process computes on: ``device`` itself, except that a CUDA device under a
+    multi-process launch becomes GPU ``LOCAL_RANK`` (one GPU per local process)."""
+    w = current() if world is None else world
+    d = torch.device(device)
+    if d.type == "cuda" and w.distributed:
+        return torch.device("cuda", w.local_rank)
+    return d
+
+
+def current() -> World:
+    """The world :func:`init` joined (:data:`SINGLE` before or without it)."""
+    return _current
+
+
+def shutdown() -> None:
+    """Leave the process group (no-op on one process)."""
+    global _current
+    if _current.distributed and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    _current = SINGLE
+
+
+def default_threads(world: World | None = None) -> int:
+    """Threads per process when the user gives none: the machine's cores shared by the
+    processes of this node (at least 1)."""
+    w = current() if world is None else world
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // w.local_size)

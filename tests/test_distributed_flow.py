@@ -1,0 +1,148 @@
+"""Data-parallel flow training under torch.distributed (gloo, 2 CPU processes) against one process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from deeprg.distributed import DistributedMismatch, World
+from deeprg.flows.train import FlowTrainConfig, Trainer
+
+pytestmark = pytest.mark.distributed
+
+TRAIN = ["flow", "train", "--L", "4", "--batch", "16", "--dtype", "float64", "--seed", "3", "--hidden", "8",
+         "--quiet"]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "run.toml"
+    path.write_text("eval_samples = 64\n")
+    return path
+
+
+def deeprg(*argv, processes: int = 1, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
+    """``deeprg argv`` on one process, or on ``processes`` under ``torch.distributed.run``."""
+    launch = ([sys.executable, "-m", "deeprg"] if processes == 1 else
+              [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "--", "deeprg"])
+    return subprocess.run([*launch, *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=_env(),
+                          **kwargs)
+
+
+def _flow_state(run: Path) -> dict:
+    return torch.load(run / "checkpoint.pt", weights_only=True)
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def one_and_two(tmp_path_factory):
+    """A 5-step run on one process and the same run on two."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    cfg = _config(tmp)
+    runs = {}
+    for n in (1, 2):
+        out = tmp / f"p{n}"
+        done = deeprg(*TRAIN, "--steps", "5", "--config", cfg, "--out", out, processes=n)
+        assert done.returncode == 0, done.stderr
+        runs[n] = out
+    return tmp, cfg, runs
+
+
+def test_two_processes_train_the_same_flow_as_one(one_and_two):
+    _, _, runs = one_and_two
+    a, b = _flow_state(runs[1]), _flow_state(runs[2])
+    assert _max_difference(a["flow"], b["flow"]) < 1e-9
+    losses = [(r["loss"], s["loss"]) for r, s in zip(a["history"], b["history"], strict=True)]
+    assert all(abs(x - y) < 1e-9 * max(1.0, abs(x)) for x, y in losses)
+    assert b["step"] == 5
+
+
+def test_only_rank_zero_writes_and_the_config_records_the_processes(one_and_two):
+    import json
+
+    _, _, runs = one_and_two
+    assert sorted(p.name for p in runs[2].iterdir()) == sorted(p.name for p in runs[1].iterdir())
+    assert json.loads((runs[2] / "config.json").read_text())["processes"] == 2
+
+
+def test_a_two_process_run_resumes_on_one_process(one_and_two):
+    tmp, _, runs = one_and_two
+    resumed = {}
+    for n, run in runs.items():  # both continued to 8 steps on one process
+        resumed[n] = shutil.copytree(run, tmp / f"resumed{n}")
+        done = deeprg("flow", "train", "--resume", "--steps", "8", "--out", resumed[n], "--quiet")
+        assert done.returncode == 0, done.stderr
+    a, b = _flow_state(resumed[1]), _flow_state(resumed[2])
+    assert a["step"] == b["step"] == 8
+    assert _max_difference(a["flow"], b["flow"]) < 1e-9
+
+
+def test_processes_started_with_different_options_all_refuse(tmp_path):
+    script = tmp_path / "mismatch.py"
+    out = tmp_path / "run"
+    script.write_text(
+        "import os, sys\n"
+        "from deeprg.cli import main\n"
+        f"sys.exit(main({[*TRAIN, '--steps', '2', '--out', str(out)]!r} + ['--lr', str(1e-3 * (1 + int(os.environ['RANK'])))]))\n")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(script)], capture_output=True, text=True, timeout=240, env=_env())
+    assert done.returncode != 0
+    assert done.stderr.count("started with different command lines") == 2
+    assert not out.exists()
+
+
+def test_a_one_process_command_under_torchrun_is_refused_with_exit_2(tmp_path):
+    done = deeprg("exact", "ising", "--L", "4", "--beta", "0.4", processes=2)
+    assert done.returncode != 0
+    assert "runs on one process only" in done.stderr
+    assert "exitcode  : 2" in done.stderr
+
+
+def test_world_larger_than_the_batch_is_refused_before_any_work():
+    cfg = FlowTrainConfig(L=4, batch=2, hidden=[4], steps=1)
+    with pytest.raises(DistributedMismatch, match="batch \\(2\\) must be at least the number of processes \\(4\\)"):
+        Trainer(cfg, world=World(rank=0, size=4, local_rank=0, local_size=4, backend="gloo"))
+
+
+def test_sigterm_to_one_process_stops_both_with_a_checkpoint_that_resumes(tmp_path):
+    script = tmp_path / "train.py"
+    out = tmp_path / "run"
+    script.write_text(
+        "import os, sys\n"
+        f"open(os.path.join({str(tmp_path)!r}, 'pid' + os.environ['RANK']), 'w').write(str(os.getpid()))\n"
+        "from deeprg.cli import main\n"
+        f"sys.exit(main({[*TRAIN, '--steps', '1000000', '--out', str(out)]!r}))\n")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "config.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3.0)  # both processes are in the training loop
+        os.kill(int((tmp_path / "pid1").read_text()), signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert "stopped by a signal to another process" in stderr
+    state = _flow_state(out)
+    assert 0 < state["step"] < 1000000
+    assert not list(out.glob(".*.tmp"))
+    done = deeprg("flow", "train", "--resume", "--steps", str(state["step"] + 1), "--out", out, "--quiet",
+                  "--json")
+    assert done.returncode == 0, done.stderr
