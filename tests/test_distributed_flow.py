@@ -146,3 +146,26 @@ def test_sigterm_to_one_process_stops_both_with_a_checkpoint_that_resumes(tmp_pa
     done = deeprg("flow", "train", "--resume", "--steps", str(state["step"] + 1), "--out", out, "--quiet",
                   "--json")
     assert done.returncode == 0, done.stderr
+
+
+def test_importance_sampling_on_two_processes_equals_one(one_and_two):
+    import json
+
+    _, _, runs = one_and_two
+    argv = ("flow", "estimate", runs[1], "--method", "is", "--samples", "3000", "--seed", "5", "--json", "--quiet")
+    one, two = deeprg(*argv), deeprg(*argv, processes=2)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert b["processes"] == 2
+    for key in ("ln_z", "structure_factor", "energy_per_site"):
+        for part in ("mean", "error"):
+            assert b[key][part] == pytest.approx(a[key][part], rel=1e-9, abs=1e-12), key
+    assert b["ess_fraction"] == pytest.approx(a["ess_fraction"], rel=1e-9)
+    assert b["variational_free_energy"] == a["variational_free_energy"]
+
+
+def test_estimators_that_do_not_split_their_work_are_refused_under_torchrun(one_and_two):
+    _, _, runs = one_and_two
+    done = deeprg("flow", "estimate", runs[1], "--method", "ais", "--samples", "100", "--quiet", processes=2)
+    assert done.returncode != 0
+    assert "--method ais runs on one process only" in done.stderr

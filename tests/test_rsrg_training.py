@@ -100,9 +100,10 @@ def test_training_recovers_the_filter_of_an_exact_rbm(rng, persistent):
     assert trainer.filter_history.shape == (9, 2, 2) and len(trainer.history) == 8
 
 
+@pytest.mark.parametrize("shape", [(8, 8), (8, 8, 8)], ids=["2d", "3d"])
 @pytest.mark.parametrize("persistent", [False, True])
-def test_resume_reproduces_an_uninterrupted_run(rng, tmp_path, persistent):
-    spins = random_spins(rng, 60, 8)
+def test_resume_reproduces_an_uninterrupted_run(rng, tmp_path, persistent, shape):
+    spins = rng.choice(np.array([-1, 1], dtype=np.int8), size=(60, *shape))
     cfg = RBMTrainConfig(filter_size=4, epochs=3, batch=10, persistent=persistent, seed=5)
     straight = Trainer(cfg, spins)
     straight.train()

@@ -131,7 +131,7 @@ def add_actions(actions: argparse._SubParsersAction) -> None:
     e.add_argument("--pi-samples", type=int_at_least(100),
                    help="samples of pi for bridge sampling [as --samples]")
     _add_run_options(e)
-    e.set_defaults(run=_exit_1_on_non_finite(run_estimate))
+    e.set_defaults(run=_exit_1_on_non_finite(run_estimate), distributed=True)
 
     m = actions.add_parser("sample", help="draw fields and Ising spins from a trained flow")
     m.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
@@ -364,9 +364,16 @@ ESTIMATORS = {"is": _estimate_is, "ais": _estimate_ais, "smc": _estimate_smc, "b
 
 
 def run_estimate(args: argparse.Namespace) -> int:
+    from deeprg.distributed import current
     from deeprg.flows.trust import verdict
 
     method = _method(args)
+    world = current()
+    if world.distributed and method != "is":
+        raise UsageError(f"--method {method} runs on one process only; under torchrun use --method is (its flow "
+                         "samples are split over the processes)")
+    if not world.main:
+        args.quiet = True
     trainer = _load(args)
     flow, target = trainer.flow, trainer.target
     gen = torch.Generator(device=trainer.device).manual_seed(args.seed)
@@ -377,6 +384,8 @@ def run_estimate(args: argparse.Namespace) -> int:
     except FloatingPointError:
         raise _non_finite(args, "importance weights") from None
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if not world.main:
+        return 0
     with _bar(args, "variational bound", "sample") as bar:
         bound = _variational_bound(flow, target, max(min(n, 100_000), 10_000), gen, bar)
     if not math.isfinite(bound.mean):
@@ -397,6 +406,7 @@ def run_estimate(args: argparse.Namespace) -> int:
         "seconds": seconds,
         "cpu_seconds": cpu,
         "precision": "log-weights and sums in float64",
+        "processes": world.size,
     }
     if args.json:
         print_json(summary)

@@ -28,6 +28,7 @@ import scipy.stats
 import torch
 from torch import Tensor
 
+from deeprg.distributed import World, current
 from deeprg.flows.flow import Flow, random_global_sign
 from deeprg.mc.stats import Estimate
 
@@ -138,23 +139,42 @@ def importance_ln_z(
     generator: torch.Generator | None = None,
     observables: dict[str, Callable[[Tensor], Tensor]] | None = None,
     callback: Callable[[int, int], None] | None = None,
+    world: World | None = None,
 ) -> ImportanceEstimate:
     """Importance sampling with ``n_samples`` fresh flow samples: ``ln Z``, the weights' ESS and
     tail index, and the reweighted ``observables`` (name -> function of fields
     ``(batch, *event_shape) -> (batch,)``); see :func:`weighted_estimate`. ``callback(done,
-    n_samples)`` is called after each batch (e.g. a progress bar)."""
+    n_samples)`` is called after each batch (e.g. a progress bar).
+
+    On several processes (``world``, default :func:`deeprg.distributed.current`; a collective)
+    every process draws each batch's latents from ``generator`` and pushes its rows
+    ``world.share(batch)`` through the flow and the target, the expensive part; the fields and
+    log-weights are then gathered in row order and the observables evaluated on the whole batch,
+    so the generator is consumed as on one process and every process returns the one-process
+    estimate (up to the rounding of row-wise arithmetic in batches of other sizes)."""
     if n_samples < 25:
         raise ValueError(f"n_samples must be >= 25, got {n_samples}")
+    world = current() if world is None else world
     observables = dict(observables or {})
     log_w, values = [], {k: [] for k in observables}
     for start in range(0, n_samples, batch):
-        x, log_q = flow.sample_and_log_prob(min(batch, n_samples - start), generator)
-        log_w.append((target.log_prob_unnormalized(x) - log_q).double().cpu())
+        n = min(batch, n_samples - start)
+        split = world.distributed and n >= world.size
+        x, log_q = flow.sample_and_log_prob(n, generator, rows=world.share(n) if split else None)
+        lw = target.log_prob_unnormalized(x) - log_q
+        if split:
+            x, lw = _gather_rows(world, x), _gather_rows(world, lw)
+        log_w.append(lw.double().cpu())
         for name, fn in observables.items():
             values[name].append(fn(x).double().cpu())
         if callback is not None:
             callback(start + len(x), n_samples)
     return weighted_estimate(torch.cat(log_w), {k: torch.cat(v) for k, v in values.items()})
+
+
+def _gather_rows(world: World, t: Tensor) -> Tensor:
+    """Every process's rows of ``t`` in rank order, on ``t``'s device."""
+    return torch.from_numpy(world.all_gather_rows(t.detach().cpu().numpy())).to(t.device)
 
 
 def latent_log_prob(flow: Flow, target) -> Callable[[Tensor], Tensor]:
