@@ -13,10 +13,10 @@ Conventions that make results independent of the number of processes:
   ``W`` gets items ``[r n // W, (r + 1) n // W)``;
 * random streams are derived from the seed and the *global* index of a chain, sample or batch
   row, never from the rank;
-* float64 totals that must be bit-identical across world sizes are summed by
-  :meth:`World.ordered_sum` (every rank's per-unit partial sums gathered, then added in global
-  unit order, exactly as one process adds them); totals that may differ in the last bits
-  (gradients) use ``all_reduce``;
+* totals that must be bit-identical across world sizes are exact: integer sums with
+  :meth:`World.all_sum_int` (MCRG moments), or data gathered in global order
+  (:meth:`World.all_gather_rows`) and reduced as one process would; totals that may differ in the
+  last bits (gradients, logged losses) use ``all_reduce``;
 * only rank 0 writes files (:attr:`World.main`); collective calls raise :class:`PeerLost` with a
   clear message when another process has died, so no rank hangs or writes half a result.
 
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 __all__ = ["SINGLE", "DistributedMismatch", "PeerLost", "World", "current", "default_threads", "init", "launched",
-           "run_device", "shutdown", "sum_in_order"]
+           "run_device", "shutdown"]
 
 #: How long a collective waits for the other ranks before failing (a rank that died is normally
 #: detected at once, when its connection closes; this bounds the wait on a rank that hangs).
@@ -103,13 +103,9 @@ class World:
     def _tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array))
 
-    def barrier(self) -> None:
-        if self.distributed:
-            self._run("barrier", torch.distributed.barrier)
-
     def all_sum(self, values) -> np.ndarray:
         """Element-wise float64 sum over ranks, on every rank (the order of addition is the
-        backend's: use :meth:`ordered_sum` where bit-identical totals matter)."""
+        backend's: use :meth:`all_sum_int` where bit-identical totals matter)."""
         a = np.asarray(values, dtype=np.float64)
         if not self.distributed:
             return a.copy()
@@ -173,12 +169,6 @@ class World:
         self._run("all_reduce", torch.distributed.all_reduce, t)
         return [int(c) for c in t.cpu().numpy()]
 
-    def ordered_sum(self, partials) -> np.ndarray:
-        """Sum of per-unit float64 partial sums ``(units_r, ...)`` over all ranks' units in global
-        unit order, added one unit after the other: bit-identical to one process summing the same
-        units the same way (:func:`sum_in_order`), whatever the world size."""
-        return sum_in_order(self.all_gather_rows(np.asarray(partials, dtype=np.float64)))
-
     def check_same(self, payload, what: str) -> None:
         """Raise :class:`DistributedMismatch` on every rank unless ``payload`` (JSON-serializable,
         e.g. a config dict) is the same on all ranks; compares SHA-256 hashes, so the payload
@@ -196,16 +186,6 @@ class World:
             raise DistributedMismatch(
                 f"the processes were started with different {what} ({len(groups)} different ones: {sets}); "
                 f"start every process with the same options and files")
-
-
-def sum_in_order(partials: np.ndarray) -> np.ndarray:
-    """``partials[0] + partials[1] + ...`` added one row after the other in float64 (the order
-    every world size uses; ``np.sum`` may pair terms differently)."""
-    p = np.asarray(partials, dtype=np.float64)
-    total = np.zeros(p.shape[1:], dtype=np.float64)
-    for row in p:
-        total = total + row
-    return total
 
 
 #: The world of a run started without ``torchrun``.

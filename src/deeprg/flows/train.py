@@ -40,7 +40,7 @@ from deeprg.config import (
 from deeprg.flows.flow import Flow
 from deeprg.flows.estimators import pareto_k
 from deeprg.flows.hierarchy import ARCHITECTURES, Hierarchy, layer_specs
-from deeprg.flows.objectives import OBJECTIVES, PI_SOURCES, LatentHMCSource, ReferenceSource
+from deeprg.flows.objectives import OBJECTIVES, PI_SOURCES, LatentHMCSource, ReferenceSource, forward_nll
 from deeprg.lattice import Lattice
 from deeprg.mc.stats import Estimate
 from deeprg.models.ising import parse_coupling
@@ -256,7 +256,7 @@ class _Objective(torch.nn.Module):
         with torch.set_grad_enabled(reverse_grad):
             x, log_q = self.flow.sample_and_log_prob(n, generator, rows)
             f = log_q - self.target.log_prob_unnormalized(x)
-        nll_sum = None if x_pi is None else -self.flow.log_prob(x_pi.detach()).sum()
+        nll_sum = None if x_pi is None else forward_nll(self.flow, x_pi) * len(x_pi)
         return x, f, nll_sum
 
 
