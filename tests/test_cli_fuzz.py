@@ -33,6 +33,13 @@ OUTPUT_OPTIONS = {"--out", "--test-out", "--plot"}
 INPUT_OPTIONS = {"--data", "--transform", "--config"}
 
 
+@pytest.fixture(autouse=True)
+def _in_a_scratch_directory(tmp_path, monkeypatch):
+    """Hostile values of output options (``--out -1``) are relative paths: keep what they write
+    out of the directory pytest runs in."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Input files and trained runs shared by all examples."""

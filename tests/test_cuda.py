@@ -1,15 +1,20 @@
-"""The GPU path: flow training and the FFT target on CUDA (skipped where torch has no CUDA; CI has
-none). Run on a GPU machine with ``python -m pytest -m cuda``."""
+"""The GPU path: flow training and the FFT target, RBM training, the RBM projector and MCRG on CUDA
+(skipped where torch has no CUDA; CI has none). Run on a GPU machine with ``python -m pytest -m cuda``."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from deeprg.flows.train import FlowTrainConfig, Trainer
+from deeprg.rsrg.rbm import coupling_matrix
+from deeprg.rsrg.train import RBMTrainConfig
+from deeprg.rsrg.train import Trainer as RBMTrainer
+from deeprg.rsrg.transforms import RBMProjector
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="torch has no CUDA device here")]
@@ -58,3 +63,152 @@ def test_flow_train_command_runs_on_cuda(cli, tmp_path):
     assert status == 0, err
     metrics = json.loads(out)
     assert math.isfinite(metrics["variational_free_energy"]["mean"])
+
+
+# ---- the RBM projector: training, projection, MCRG -----------------------------------------------
+RBM_SHAPES = pytest.mark.parametrize("shape", [(8, 8), (8, 8, 8)], ids=["2d-dense", "3d-conv"])
+
+
+def _spins(shape, n=40, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).choice(np.array([-1, 1], dtype=np.int8), size=(n, *shape))
+
+
+def _rbm(shape, n=40, **changes) -> RBMTrainer:
+    cfg = RBMTrainConfig(**{"filter_size": 4, "epochs": 2, "batch": 10, "persistent": True, "device": "cuda",
+                            **changes})
+    return RBMTrainer(cfg, _spins(shape, n))
+
+
+@RBM_SHAPES
+def test_rbm_training_keeps_its_state_on_the_gpu(shape):
+    trainer = _rbm(shape)
+    for _ in range(3):
+        record = trainer.step()
+    assert math.isfinite(record["loss"])
+    assert trainer.device.type == "cuda" and trainer._data.device.type == "cuda"
+    assert trainer.weights.device.type == "cuda" and trainer.chains.device.type == "cuda"
+    assert trainer.generator.device.type == "cuda"
+    assert all(v.device.type == "cuda" for state in trainer.optimizer.state.values() for k, v in state.items()
+               if k != "step")
+    assert all(f.device.type == "cpu" for f in trainer.filters)
+
+
+@RBM_SHAPES
+def test_rbm_gpu_and_cpu_start_from_the_same_filter_and_agree_on_the_cd_gradient_in_float64(shape):
+    spins = _spins(shape)
+    cpu, gpu = (_rbm(shape, dtype="float64", seed=11, device=device) for device in ("cpu", "cuda"))
+    assert torch.equal(gpu.weights.cpu(), cpu.weights)  # the initial filter comes from the same CPU draw
+    for _ in range(3):  # a few steps on each (the Gibbs noise differs between the devices)
+        assert math.isfinite(cpu.step()["loss"]) and math.isfinite(gpu.step()["loss"])
+    w = torch.from_numpy(np.random.default_rng(2).normal(size=(4,) * len(shape)) * 0.3)
+    cpu.weights.copy_(w)
+    gpu.weights.copy_(w)
+    v0, vk = (torch.from_numpy(spins[s : s + 10].reshape(10, -1)).double() for s in (0, 20))
+    g_cpu, loss_cpu, h_cpu = cpu.gradient(v0, vk, None if cpu.conv else coupling_matrix(cpu.weights, shape))
+    W = None if gpu.conv else coupling_matrix(gpu.weights, shape)
+    g_gpu, loss_gpu, h_gpu = gpu.gradient(v0.cuda(), vk.cuda(), W)
+    assert g_gpu.device.type == "cuda" and h_gpu.device.type == "cuda"
+    assert torch.allclose(g_gpu.cpu(), g_cpu, rtol=1e-10, atol=1e-10)
+    assert torch.allclose(h_gpu.cpu(), h_cpu, rtol=1e-10, atol=1e-10)
+    assert loss_gpu == pytest.approx(loss_cpu, rel=1e-10, abs=1e-10)
+
+
+@RBM_SHAPES
+def test_rbm_training_on_the_gpu_saves_cpu_tensors_and_resumes_on_the_cpu(tmp_path, shape):
+    gpu = _rbm(shape)
+    gpu.train(checkpoint=tmp_path / "checkpoint.pt")
+    assert gpu.epoch == 2 and gpu.filter_history.shape == (3, *(4,) * len(shape))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # no map_location: tensors as saved
+
+    def tensors(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                yield from tensors(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                yield from tensors(v)
+
+    assert all(t.device.type == "cpu" for t in tensors(state))
+    cpu = _rbm(shape, epochs=3, device="cpu")
+    with pytest.warns(RuntimeWarning, match="written on cuda"):
+        cpu.load(tmp_path / "checkpoint.pt")
+    assert torch.equal(cpu.weights, gpu.weights.cpu()) and cpu.chains.device.type == "cpu"
+    cpu.train()
+    assert cpu.epoch == 3 and np.array_equal(cpu.filter_history[:3], gpu.filter_history)
+    again = _rbm(shape, epochs=3)  # back on the GPU: the CUDA generator's state fits, no warning
+    again.load(tmp_path / "checkpoint.pt")
+    again.train()
+    if len(shape) == 2:  # the dense path is deterministic on the GPU: the resumed run is the uninterrupted one
+        straight = _rbm(shape, epochs=3)
+        straight.train()
+        assert torch.equal(again.weights, straight.weights)
+
+
+@RBM_SHAPES
+def test_an_rbm_training_step_copies_nothing_from_host_to_device(shape):
+    trainer = _rbm(shape, n=60)  # 6 minibatches per epoch
+    trainer.step()  # warm-up: the epoch's permutation is copied, Adam's state made, kernels chosen
+    trainer.step()  # the persistent chains' first use
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        trainer.step()
+        trainer.step()
+        torch.cuda.synchronize()
+    copies = [e.name for e in prof.events() if "HtoD" in e.name]
+    assert copies == []
+
+
+@RBM_SHAPES
+def test_rbm_projector_on_the_gpu_matches_the_cpu_in_float64(shape):
+    w = np.random.default_rng(1).normal(size=(4,) * len(shape)) * 0.4
+    spins = _spins(shape, 20, 6)
+    cpu = RBMProjector(w, dtype=torch.float64, block_weight=0.3)
+    gpu = RBMProjector(w, dtype=torch.float64, block_weight=0.3, device="cuda")
+    assert gpu.weights.device.type == "cuda"
+    p, q = cpu.probabilities(spins), gpu.probabilities(spins)
+    assert isinstance(q, np.ndarray) and q.dtype == np.float64
+    assert np.allclose(q, p, rtol=1e-10, atol=1e-10)
+    # the same uniforms from the host generator: a coarse spin could differ only for a uniform
+    # within the fields' rounding (1e-15) of its probability
+    a, b = (p.transform(spins, np.random.default_rng(3)) for p in (gpu, cpu))
+    assert np.array_equal(a, b)
+
+
+def _ising(path, L, n, seed):
+    from deeprg import Lattice
+    from deeprg.data import SpinDataset, save_dataset
+    from deeprg.mc import make_sampler
+    from deeprg.models.ising import K_C
+
+    run = make_sampler("wolff", Lattice.square(L), K_C, seed=seed, n_chains=1).run(n, thin=2, burn_in=100)
+    save_dataset(path, SpinDataset.new(run.spins_flat(), K=K_C, sampler="wolff", updates_between_samples=2,
+                                       seed=seed))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:chain length")
+def test_rsrg_train_mcrg_and_exponent_vs_epoch_run_on_cuda(cli, tmp_path):
+    train, data = _ising(tmp_path / "train8.npz", 8, 60, 1), _ising(tmp_path / "data16.npz", 16, 200, 2)
+    run = tmp_path / "run"
+    status, out, err = cli("rsrg", "train", "--data", train, "--filter", "4", "--epochs", "2", "--device", "cuda",
+                           "--out", run, "--quiet", "--json")
+    assert status == 0, err
+    assert json.loads((run / "config.json").read_text())["device"] == "cuda"
+    status, out, err = cli("mcrg", "--data", data, "--transform", run, "--levels", "2", "--blocks", "10",
+                           "--device", "cuda", "--json", "--quiet")
+    assert status == 0, err
+    s = json.loads(out)
+    assert s["device"] == "cuda" and s["transform"] == "rbm" and len(s["y_t"]) == 2
+    status, out, err = cli("mcrg", "--data", data, "--transform", run, "--block-weights", "0,1", "--device", "cuda",
+                           "--json", "--quiet")
+    assert status == 0, err
+    status, out, err = cli("rsrg", "exponent-vs-epoch", run, "--data", data, "--blocks", "10", "--device", "cuda",
+                           "--json", "--quiet")
+    assert status == 0, err
+    assert json.loads(out)["device"] == "cuda"
+    with pytest.warns(RuntimeWarning, match="written on cuda"):  # the GPU run continues on the CPU
+        status, out, err = cli("rsrg", "train", "--data", train, "--epochs", "3", "--device", "cpu", "--resume",
+                               "--out", run, "--quiet", "--json")
+    assert status == 0, err
+    assert json.loads(out)["epochs"] == 3

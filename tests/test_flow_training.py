@@ -15,6 +15,8 @@ from deeprg.flows.train import (
     FlowTrainConfig,
     NonFiniteLoss,
     Trainer,
+    build_flow,
+    build_target,
     variational_free_energy,
 )
 from deeprg.models.relaxed import GaussianTarget
@@ -242,3 +244,30 @@ def test_cli_ctrl_c_saves_checkpoint_and_resumes(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "step", original)
     status, out, _ = cli(*args, "--resume", "--json")
     assert status == 0 and json.loads(out)["steps"] == 6
+
+
+def _saved_for_backward(cfg: FlowTrainConfig) -> int:
+    """Bytes of the distinct tensors the autograd graph keeps for the backward pass of one loss."""
+    flow, target = build_flow(cfg), build_target(cfg)
+    seen, total = set(), [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total[0] += storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        x, log_q = flow.sample_and_log_prob(cfg.batch, torch.Generator().manual_seed(0))
+        (log_q - target.log_prob_unnormalized(x)).mean()
+    return total[0]
+
+
+@pytest.mark.parametrize("options", [dict(L=8), dict(L=16, hidden=[8], n_couplings=2), dict(L=16, dtype="float64"),
+                                     dict(L=8, d=1, hidden=[16, 16, 16])])
+def test_memory_estimate_covers_what_autograd_keeps_for_the_backward_pass(options):
+    cfg = FlowTrainConfig(batch=8, **options)
+    saved = _saved_for_backward(cfg)
+    estimate, _ = cfg.memory_estimate()
+    assert saved <= estimate <= 2.5 * saved + 2e6

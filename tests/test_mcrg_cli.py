@@ -229,3 +229,32 @@ def test_rsrg_train_refuses_a_filter_larger_than_the_3d_lattice(cli, files3d, tm
     refused(cli, ["rsrg", "train", "--data", files3d["data"], "--filter", "10", "--out", tmp_path / "run", "--quiet"],
             ["--filter", "larger than the lattice 8x8x8"], files3d["data"].parent)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch has a CUDA device here")
+@pytest.mark.parametrize("command", ["mcrg majority", "mcrg run", "exponent-vs-epoch"])
+def test_device_cuda_without_cuda_is_refused(cli, files, run_copy, tmp_path, command):
+    argv = {"mcrg majority": ["mcrg", "--data", files["data"], "--transform", "majority"],
+            "mcrg run": ["mcrg", "--data", files["data"], "--transform", run_copy],
+            "exponent-vs-epoch": ["rsrg", "exponent-vs-epoch", run_copy, "--data", files["data"]]}[command]
+    refused(cli, [*argv, "--device", "cuda", "--quiet"], ["--device", "'cuda'", "no CUDA device"], files["data"].parent,
+            tmp_path)
+
+
+def test_device_option_says_it_concerns_the_rbm_projector_only(cli, files):
+    refused(cli, ["mcrg", "--data", files["data"], "--transform", "majority", "--device", "tpu", "--quiet"],
+            ["--device", "cpu, cuda or cuda:N", "'tpu'"], files["data"].parent)
+    for argv in (["mcrg"], ["rsrg", "exponent-vs-epoch"]):
+        status, out, _ = cli(*argv, "--help")
+        assert status == 0 and "--device" in out and "RBM projector only" in " ".join(out.split())
+
+
+def test_mcrg_with_the_default_and_an_explicit_cpu_device_agree(cli, files):
+    results = []
+    for extra in ([], ["--device", "cpu"]):
+        status, out, err = cli("mcrg", "--data", files["data"], "--transform", files["run"], "--block-weights", "0,1",
+                               "--json", "--quiet", *extra)
+        assert status == 0, err
+        results.append(json.loads(out))
+    assert results[0]["device"] == results[1]["device"] == "cpu"
+    assert results[0]["per_parameter"] == results[1]["per_parameter"]

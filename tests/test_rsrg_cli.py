@@ -160,3 +160,72 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(cli, bad, tmp_path, 
     assert len(lines) == 1 and needle in lines[0], err
     assert (snapshot(tmp_path), snapshot(bad["run4"])) == before
     assert not (tmp_path / "new").exists()
+
+
+# ---- --device ----------------------------------------------------------------------------------
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="torch has a CUDA device here")
+
+
+@NO_CUDA
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_train_on_cuda_without_cuda_exits_2_naming_the_option(cli, bad, tmp_path, device):
+    argv = ["rsrg", "train", "--data", bad["train8"], "--filter", "4", "--out", tmp_path / "new", "--device", device]
+    before = snapshot(tmp_path), snapshot(bad["run4"])
+    status, out, err = cli(*argv, "--quiet")
+    assert status == 2 and out == ""
+    lines = [line for line in err.splitlines() if line.startswith("deeprg") or "error" in line]
+    assert len(lines) == 1 and "--device" in lines[0] and "no CUDA device" in lines[0], err
+    assert (snapshot(tmp_path), snapshot(bad["run4"])) == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_device_is_recorded_and_may_change_on_resume(cli, data, tmp_path):
+    args = ("rsrg", "train", "--data", data["train8"], "--filter", "4", "--quiet")
+    assert cli(*args, "--epochs", "2", "--out", tmp_path / "straight")[0] == 0
+    assert cli(*args, "--epochs", "1", "--device", "cpu", "--out", tmp_path / "split")[0] == 0
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["device"] == "cpu"
+    status, _, err = cli("rsrg", "train", "--data", data["train8"], "--epochs", "2", "--device", "cpu", "--resume",
+                         "--out", tmp_path / "split", "--quiet")
+    assert status == 0, err
+    a, b = np.load(tmp_path / "straight" / "filters.npz"), np.load(tmp_path / "split" / "filters.npz")
+    assert np.array_equal(a["filters"], b["filters"])
+
+
+def test_a_gpu_run_resumes_on_the_cpu(cli, data, tmp_path):
+    """A run directory written with --device cuda (simulated: its config and checkpoint say
+    cuda) continues on a machine without a GPU with --device cpu, warning that its Gibbs stream
+    restarts; mcrg reads it as it is."""
+    out = tmp_path / "run"
+    assert cli("rsrg", "train", "--data", data["train8"], "--filter", "4", "--epochs", "1", "--out", out,
+               "--quiet")[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "device": "cuda"}))
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    state["config"] = json.dumps({**json.loads(state["config"]), "device": "cuda"})
+    torch.save(state, out / "checkpoint.pt")
+    status, _, err = cli("mcrg", "--data", data["mcrg16"], "--transform", out, "--levels", "1", "--blocks", "10",
+                         "--quiet", "--json")
+    assert status == 0, err
+    if not torch.cuda.is_available():
+        status, _, err = cli("rsrg", "train", "--data", data["train8"], "--epochs", "2", "--resume", "--out", out,
+                             "--quiet")
+        assert status == 2 and "device 'cuda'" in err and "use 'cpu'" in err
+    with pytest.warns(RuntimeWarning, match="written on cuda"):
+        status, _, err = cli("rsrg", "train", "--data", data["train8"], "--epochs", "2", "--device", "cpu", "--resume",
+                             "--out", out, "--quiet", "--json")
+    assert status == 0, err
+    assert json.loads((out / "config.json").read_text())["device"] == "cpu"
+    assert np.load(out / "filters.npz")["filters"].shape == (3, 4, 4)
+
+
+def test_mcrg_records_the_device_and_an_explicit_cpu_is_the_default(cli, data, run4):
+    base = ("mcrg", "--data", data["mcrg16"], "--transform", run4, "--levels", "1", "--blocks", "10", "--json",
+            "--quiet")
+    status, out, _ = cli(*base)
+    assert status == 0
+    default = json.loads(out)
+    status, out, _ = cli(*base, "--device", "cpu")
+    assert status == 0
+    cpu = json.loads(out)
+    assert default["device"] == cpu["device"] == "cpu"
+    assert cpu["y_t"] == default["y_t"] and cpu["y_h"] == default["y_h"]

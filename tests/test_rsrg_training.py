@@ -1,6 +1,7 @@
 """CD-k / PCD training of the RBM filter: gradient, schedule, a known answer, exact resume."""
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -163,3 +164,101 @@ def test_filter_larger_than_the_lattice_or_batch_larger_than_the_data(rng):
         Trainer(RBMTrainConfig(filter_size=16), random_spins(rng, 20, 8))
     with pytest.raises(ValueError, match="batch"):
         Trainer(RBMTrainConfig(filter_size=4, batch=50), random_spins(rng, 20, 8))
+
+
+# ---- devices -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(8, 8), (4, 4, 4)], ids=["2d-dense", "3d-conv"])
+def test_an_explicit_cpu_device_trains_the_same_filter_as_the_default(rng, shape):
+    spins = rng.choice(np.array([-1, 1], dtype=np.int8), size=(30, *shape))
+    kw = {"filter_size": 4, "epochs": 2, "batch": 10, "persistent": True, "seed": 9}
+    default, cpu = Trainer(RBMTrainConfig(**kw), spins), Trainer(RBMTrainConfig(**kw, device="cpu"), spins)
+    default.train()
+    cpu.train()
+    assert cpu.device == torch.device("cpu") and cpu.weights.device.type == "cpu"
+    assert torch.equal(cpu.weights, default.weights)
+    assert np.array_equal(cpu.filter_history, default.filter_history)
+    assert [h["cd_gap"] for h in cpu.history] == [h["cd_gap"] for h in default.history]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch has a CUDA device here")
+def test_a_cuda_device_without_cuda_is_a_config_error_naming_device():
+    from deeprg.config import ConfigError
+
+    with pytest.raises(ConfigError, match="device"):
+        RBMTrainConfig(device="cuda")
+
+
+@pytest.mark.parametrize("device", ["meta", "mps", "gpu", ""])
+def test_devices_that_are_neither_cpu_nor_cuda_are_refused(device):
+    with pytest.raises(ValueError, match="device"):
+        RBMTrainConfig(device=device)
+
+
+def _tensors(obj, where="state"):
+    """Every tensor in a nest of dicts, lists and tuples, with its path."""
+    if isinstance(obj, torch.Tensor):
+        yield where, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{where}[{i}]")
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (4, 4, 4)], ids=["2d", "3d"])
+def test_a_checkpoint_holds_cpu_tensors_only_and_loads_from_a_cpu_map(rng, tmp_path, shape):
+    spins = rng.choice(np.array([-1, 1], dtype=np.int8), size=(30, *shape))
+    cfg = RBMTrainConfig(filter_size=4, epochs=2, batch=10, persistent=True, seed=3)
+    trainer = Trainer(cfg, spins)
+    trainer.train(until=4, checkpoint=tmp_path / "checkpoint.pt")  # mid-epoch 2: chains and Adam's moments exist
+    state = trainer.state_dict()
+    found = dict(_tensors(state))
+    assert {"state['weights']", "state['chains']", "state['filters']", "state['generator']"} <= set(found)
+    assert any("optimizer" in k and "exp_avg" in k for k in found)
+    assert all(t.device.type == "cpu" for t in found.values()), {k: t.device for k, t in found.items()}
+    assert state["chains"].numel() and state["filters"].shape == (2, *(4,) * len(shape))
+    saved = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert all(t.device.type == "cpu" for _, t in _tensors(saved))
+    assert json.loads(saved["config"])["device"] == "cpu"
+    resumed = Trainer(cfg, spins)
+    resumed.load(tmp_path / "checkpoint.pt")
+    assert resumed.chains.device.type == "cpu" and all(f.device.type == "cpu" for f in resumed.filters)
+    resumed.train()
+    trainer.train()
+    assert torch.equal(resumed.weights, trainer.weights)
+    assert isinstance(resumed.filter_history, np.ndarray) and resumed.filter_history.dtype == np.float64
+
+
+def _as_written_on(path, device):
+    """Rewrite a checkpoint as if its run had been trained on ``device``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    config = json.loads(state["config"])
+    config["device"] = device
+    state["config"] = json.dumps(config)
+    torch.save(state, path)
+
+
+def test_a_checkpoint_from_another_device_type_resumes_with_a_fresh_gibbs_stream(rng, tmp_path):
+    """What a GPU run resumed on a CPU machine does (the config says cuda, which need not exist
+    here): the filter, Adam and the position continue, the Gibbs generator restarts from the
+    seed and the position, with a warning, the same way every time."""
+    spins = random_spins(rng, 30, 8)
+    cfg = RBMTrainConfig(filter_size=4, epochs=2, batch=10, seed=3)
+    first = Trainer(cfg, spins)
+    first.train(until=4, checkpoint=tmp_path / "checkpoint.pt")
+    _as_written_on(tmp_path / "checkpoint.pt", "cuda")
+    runs = []
+    for _ in range(2):
+        t = Trainer(cfg, spins)
+        with pytest.warns(RuntimeWarning, match="written on cuda.*seeded from seed 3 at epoch 1, minibatch 1"):
+            t.load(tmp_path / "checkpoint.pt")
+        assert torch.equal(t.weights, first.weights) and (t.epoch, t.batch_index) == (1, 1)
+        t.train()
+        runs.append(t)
+    assert torch.equal(runs[0].weights, runs[1].weights)
+    first.train()  # the uninterrupted run keeps its own Gibbs stream
+    assert not torch.equal(runs[0].weights, first.weights)
+    RunDir(tmp_path, "rsrg").write_config({**cfg.to_dict(), "device": "cuda"})
+    saved, filters, _ = load_filters(tmp_path)  # readable on a machine without the GPU it was trained on
+    assert saved.device == "cpu" and filters.shape == (2, 4, 4)

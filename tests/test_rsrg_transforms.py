@@ -155,3 +155,27 @@ def test_bad_levels_and_filters():
     assert check_levels((32, 32), RBMProjector(np.ones((8, 8))), 2) == [(32, 32), (16, 16), (8, 8)]
     with pytest.raises(ValueError, match="even"):
         RBMProjector(np.ones((3, 3)))
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (8, 8, 8)], ids=["2d", "3d"])
+def test_rbm_projector_on_an_explicit_cpu_device_is_the_default(rng, shape):
+    w = rng.normal(size=(4,) * len(shape)) * 0.3
+    spins = rng.choice(np.array([-1, 1], dtype=np.int8), size=(6, *shape))
+    for dtype in (torch.float32, torch.float64):
+        default, cpu = RBMProjector(w, dtype=dtype), RBMProjector(w, dtype=dtype, device=torch.device("cpu"))
+        assert cpu.device == torch.device("cpu") and cpu.weights.device.type == "cpu"
+        assert np.array_equal(cpu.probabilities(spins), default.probabilities(spins))
+        assert np.array_equal(cpu.transform(spins, np.random.default_rng(5)),
+                              default.transform(spins, np.random.default_rng(5)))
+
+
+@pytest.mark.parametrize("device", ["meta", "gpu"])
+def test_rbm_projector_refuses_other_devices(device):
+    with pytest.raises(ValueError, match="device"):
+        RBMProjector(np.ones((2, 2)), device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch has a CUDA device here")
+def test_rbm_projector_on_cuda_without_cuda_names_the_device():
+    with pytest.raises(ValueError, match="device 'cuda' requested"):
+        RBMProjector(np.ones((2, 2)), device="cuda")

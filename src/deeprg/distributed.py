@@ -132,13 +132,14 @@ class World:
             return bool(flag)
         return bool(self.all_sum([1.0 if flag else 0.0])[0] > 0)
 
-    def all_gather_rows(self, local: np.ndarray) -> np.ndarray:
+    def all_gather_rows(self, local: np.ndarray, counts: list[int] | None = None) -> np.ndarray:
         """Concatenate every rank's ``(n_r, ...)`` array along axis 0 in rank order (global
-        order for :meth:`share`), on every rank; shapes past axis 0 and the dtype must agree."""
+        order for :meth:`share`), on every rank; shapes past axis 0 and the dtype must agree.
+        ``counts`` (every rank's ``n_r``, where the caller knows them) saves one collective."""
         local = np.ascontiguousarray(local)
         if not self.distributed:
             return local.copy()
-        counts = self._gather_counts(local)
+        counts = self._gather_counts(local) if counts is None else counts
         pad = max(counts)
         buffer = np.zeros((pad,) + local.shape[1:], dtype=local.dtype)
         buffer[: len(local)] = local
@@ -161,6 +162,40 @@ class World:
         if not self.main:
             return None
         return np.concatenate([p.cpu().numpy()[:c] for p, c in zip(parts, counts, strict=True)])
+
+    def all_gather_objects(self, obj) -> list:
+        """Every rank's ``obj`` in rank order, on every rank (pickled between the processes of
+        this run, e.g. per-replica results of differing lengths); ``[obj]`` on one process."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.size
+        self._run("all_gather_object", torch.distributed.all_gather_object, out, obj)
+        return out
+
+    def map_rows(self, fn, x: torch.Tensor):
+        """``fn(x)`` with the work split by rows: this process evaluates ``fn`` on its
+        :meth:`share` of the rows of ``x`` and the outputs (a tensor or a tuple of tensors, one
+        row per input row) are gathered in row order on every process. ``fn`` must treat rows
+        independently (a batch of log-densities and their gradients, say); the caller keeps the
+        whole ``x`` and everything else (random draws, accept decisions) the same on every
+        process, so the result is the one-process result up to the rounding of batches of
+        other sizes. A collective; on one process, or with fewer rows than processes, ``fn(x)``.
+        Outputs travel as float64 (exact for float32 and float64) in one gather."""
+        n = len(x)
+        if not self.distributed or n < self.size:
+            return fn(x)
+        out = fn(x[self.share(n)])
+        single = isinstance(out, torch.Tensor)
+        parts = (out,) if single else tuple(out)
+        flat = [p.detach().reshape(len(p), -1).to(torch.float64) for p in parts]
+        counts = [(r + 1) * n // self.size - r * n // self.size for r in range(self.size)]
+        full = torch.from_numpy(self.all_gather_rows(torch.cat(flat, 1).cpu().numpy(), counts))
+        result, column = [], 0
+        for p, f in zip(parts, flat, strict=True):
+            width = f.shape[1]
+            result.append(full[:, column : column + width].reshape((n, *p.shape[1:])).to(p.device, p.dtype))
+            column += width
+        return result[0] if single else tuple(result)
 
     def _gather_counts(self, local: np.ndarray) -> list[int]:
         meta = np.zeros(self.size, dtype=np.int64)

@@ -155,7 +155,7 @@ def add_actions(actions: argparse._SubParsersAction) -> None:
     h.add_argument("--out", help="directory for hmc.json and the Fig. 3(b)-style plots hmc_*.png, created if "
                    "needed [none]")
     _add_run_options(h)
-    h.set_defaults(run=_exit_1_on_non_finite(run_hmc))
+    h.set_defaults(run=_exit_1_on_non_finite(run_hmc), distributed=True)
 
     i = actions.add_parser("mh", help="independence Metropolis-Hastings with the flow as proposal",
                            description="Exact sampling of pi by Metropolis-Hastings with proposals drawn "
@@ -369,9 +369,8 @@ def run_estimate(args: argparse.Namespace) -> int:
 
     method = _method(args)
     world = current()
-    if world.distributed and method != "is":
-        raise UsageError(f"--method {method} runs on one process only; under torchrun use --method is (its flow "
-                         "samples are split over the processes)")
+    if method == "smc":
+        world.require_at_most(args.replicas, "--replicas")
     if not world.main:
         args.quiet = True
     trainer = _load(args)
@@ -533,7 +532,13 @@ def run_mh(args: argparse.Namespace) -> int:
 
 
 def run_hmc(args: argparse.Namespace) -> int:
+    from deeprg.distributed import current
+
     _check_steps(args)
+    world = current()
+    world.require_at_most(args.chains, "--chains")
+    if not world.main:
+        args.quiet = True
     out = _output_dir(Path(args.out), "--out", HMC_FILES) if args.out else None
     trainer = _load(args)
     flow, target = trainer.flow, trainer.target
@@ -557,9 +562,11 @@ def run_hmc(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         summaries[space], estimates[space] = _hmc_summary(results[space], time.perf_counter() - t0)
+    if not world.main:
+        return 0
     reference = ising_reference(target.lattice, trainer.cfg.beta, seed=args.seed) if out or args.space == "both" else None
     common = {"chains": args.chains, "steps": args.steps, "warmup": args.warmup, "start": args.start,
-              "seed": args.seed}
+              "seed": args.seed, "processes": world.size}
     if len(spaces) == 1:
         summary = {"space": spaces[0], **summaries[spaces[0]], **common}
     else:

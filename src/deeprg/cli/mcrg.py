@@ -4,7 +4,9 @@ an RG transformation (majority rule, decimation, or the RBM projector of an ``rs
 Both run unchanged under ``torchrun --nproc-per-node N``: every process reads the data, transforms
 its share of the configurations (:func:`deeprg.rsrg.mcrg.configuration_share`) and the exact
 integer moments are summed across processes, so the exponents are bit-identical whatever the
-number of processes; rank 0 alone prints and writes.
+number of processes; rank 0 alone prints and writes. ``--device cuda`` computes the RBM projector's
+fields on a GPU (GPU ``LOCAL_RANK`` under torchrun); the majority rule, decimation and the moments
+stay in numpy on the host.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from tqdm import tqdm
 from deeprg.cli.common import (
     UsageError,
     cpu_threads,
+    device,
     int_at_least,
     print_json,
     seed,
     writable_file,
 )
 from deeprg.data import SpinDataset, load_dataset
-from deeprg.distributed import current, default_threads
+from deeprg.distributed import current, default_threads, run_device
 from deeprg.mc.stats import format_value_error
 from deeprg.plots import exponent_vs_epoch
 from deeprg.rsrg.mcrg import (
@@ -100,8 +103,19 @@ def _add_mcrg_options(p: argparse.ArgumentParser, levels: int) -> None:
     p.add_argument("--seed", type=seed, default=0, help="random seed of the transformations, 0 .. 2^64 - 1 [0]")
     p.add_argument("--threads", type=cpu_threads, help="torch CPU threads per process (RBM projector), 1 .. the number "
                    "of CPUs [torch's default; under torchrun the cores / processes on this node]")
+    p.add_argument("--device", type=device, default="cpu",
+                   help="torch device of the RBM projector's fields: cpu, cuda or cuda:N (under torchrun each process "
+                   "uses GPU LOCAL_RANK); RBM projector only: the majority rule and decimation run in numpy on the "
+                   "host whatever the device. The coarse spins depend on the device only through the rounding of "
+                   "the fields [cpu]")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _device(args: argparse.Namespace):
+    """The torch device of this process's RBM projectors: ``--device``, GPU ``LOCAL_RANK``
+    under torchrun (:func:`deeprg.distributed.run_device`)."""
+    return run_device(args.device, current())
 
 
 def _load_data(path: str) -> SpinDataset:
@@ -109,7 +123,7 @@ def _load_data(path: str) -> SpinDataset:
 
 
 # ---- mcrg --------------------------------------------------------------------------------------
-def _transform(value: str) -> RGTransform:
+def _transform(value: str, device="cpu") -> RGTransform:
     if value == "majority":
         return MajorityRule()
     if value == "decimation":
@@ -121,7 +135,7 @@ def _transform(value: str) -> RGTransform:
         _, filters, _ = load_filters(value)
     except CheckpointMismatch as err:
         raise UsageError(f"--transform: {err}") from None
-    return RBMProjector(filters[-1])
+    return RBMProjector(filters[-1], device=device)
 
 
 def parameter_list(low: float, inclusive: bool):
@@ -199,7 +213,8 @@ def format_table(result: MCRGResult) -> str:
 
 def run_mcrg_command(args: argparse.Namespace) -> int:
     ds = _load_data(args.data)
-    transform = _transform(args.transform)
+    dev = _device(args)
+    transform = _transform(args.transform, dev)
     transforms = [transform]
     family, option = ("block_weight", "--block-weights") if args.block_weights is not None else ("scale", "--scales")
     parameters = args.block_weights if args.block_weights is not None else args.scales
@@ -209,9 +224,9 @@ def run_mcrg_command(args: argparse.Namespace) -> int:
                              f"--transform {args.transform}")
         if args.levels < 2:
             raise UsageError(f"--levels: {option} compares N_r = 1 and 2, so it needs --levels >= 2, got {args.levels}")
-        w = transform.weights.double().numpy()
-        transforms = [RBMProjector(w, block_weight=a) if family == "block_weight" else RBMProjector(a * w)
-                      for a in parameters]
+        w = transform.weights.double().cpu().numpy()
+        transforms = [RBMProjector(w, block_weight=a, device=dev) if family == "block_weight"
+                      else RBMProjector(a * w, device=dev) for a in parameters]
     _check_mcrg(args, ds, transforms)
     results = _run(args, ds, transforms)
     if not current().main:
@@ -221,7 +236,8 @@ def run_mcrg_command(args: argparse.Namespace) -> int:
     reference = REFERENCE_EXPONENTS[len(shape)]
     summary = {**result.to_dict(), "transform_argument": args.transform, "data": args.data,
                "lattice_shape": shape, "K": ds.metadata["K"], "seed": args.seed,
-               "seconds": sum(r.seconds for r in results), "processes": current().size, "reference": reference}
+               "seconds": sum(r.seconds for r in results), "processes": current().size, "device": args.device,
+               "reference": reference}
     tuning = None
     if parameters is not None:
         tuning = tune_sectors(parameters, results)
@@ -276,7 +292,8 @@ def run_exponent_vs_epoch(args: argparse.Namespace) -> int:
     if args.couplings > n_even:
         raise UsageError(f"--couplings: must be between 1 and {n_even} for {d}D data, got {args.couplings}")
     epochs = list(range(1, len(filters)))
-    transforms = [RBMProjector(filters[e]) for e in epochs] + [MajorityRule()]
+    dev = _device(args)
+    transforms = [RBMProjector(filters[e], device=dev) for e in epochs] + [MajorityRule()]
     _check_mcrg(args, ds, transforms, "RUN")
     results = _run(args, ds, transforms)
     if not current().main:
@@ -286,7 +303,7 @@ def run_exponent_vs_epoch(args: argparse.Namespace) -> int:
     majority = [[{"mean": e.mean, "error": e.error} for e in row] for row in results[-1].y_t]
     summary = {"epochs": epochs, "levels": args.levels, "couplings": args.couplings, "y_t": table,
                "majority_y_t": majority, "n_configurations": results[0].n_configurations,
-               "n_blocks": args.blocks, "seed": args.seed, "data": args.data}
+               "n_blocks": args.blocks, "seed": args.seed, "data": args.data, "device": args.device}
     write_json(outputs[0], summary)
     last = args.levels - 1
     means = np.array([r.y_t[last][k].mean for r in results[:-1]])

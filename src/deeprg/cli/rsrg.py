@@ -3,7 +3,8 @@
 ``rsrg train`` writes a run directory: ``config.json``, ``checkpoint.pt`` (every epoch, every
 ``checkpoint_seconds``, on Ctrl-C or SIGTERM), ``filters.npz`` (``filters``: ``(epochs + 1, f,
 f)`` for 2D data, ``(epochs + 1, f, f, f)`` for 3D, row 0 the initialization; ``epochs``), ``metrics.json`` and ``filters.png``. ``deeprg mcrg``
-and ``deeprg rsrg exponent-vs-epoch`` (:mod:`deeprg.cli.mcrg`) read it.
+and ``deeprg rsrg exponent-vs-epoch`` (:mod:`deeprg.cli.mcrg`) read it. ``--device cuda`` trains
+on a GPU; the checkpoint holds CPU tensors, so the run directory is read (and resumed) anywhere.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from deeprg.cli import mcrg
 from deeprg.cli.common import (
     UsageError,
     cpu_threads,
+    device,
     int_at_least,
     positive_float,
     seed,
@@ -38,6 +40,8 @@ OPTIONS = [
     Option("schedule", ("--schedule",), "form of the square-root learning-rate decay", {"choices": SCHEDULES}),
     Option("seed", ("--seed",), "random seed, 0 <= seed < 2^64", {"type": seed}),
     Option("dtype", ("--dtype",), "floating-point precision", {"choices": ("float32", "float64")}),
+    Option("device", ("--device",), "torch device: cpu, cuda or cuda:N (the same --seed draws other Gibbs noise on a "
+           "GPU than on the CPU)", {"type": device}),
     Option("threads", ("--threads",), "torch CPU threads, 1 .. the number of CPUs", {"type": cpu_threads}),
 ]
 
@@ -94,7 +98,8 @@ def _describe(trainer) -> str:
     cfg, shape = trainer.cfg, trainer.shape
     return (f"RBM projector, {_cube(cfg.filter_size, len(shape))} filter, CD-{cfg.cd_k}"
             f"{' (persistent)' if cfg.persistent else ''}, {trainer.data_info['n']} configurations of "
-            f"{'x'.join(map(str, shape))}, batch {cfg.batch}, seed {cfg.seed}")
+            f"{'x'.join(map(str, shape))}, batch {cfg.batch}, seed {cfg.seed}"
+            f"{'' if trainer.device.type == 'cpu' else f', on {trainer.device}'}")
 
 
 def _cube(f: int, d: int) -> str:

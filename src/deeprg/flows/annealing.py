@@ -30,6 +30,11 @@ by doubling ``T``: ``ln Z`` must not move beyond its error bar.
 The step size of the transition at each temperature comes from a pilot run on separate chains
 (adapted towards ``target_acceptance`` from one temperature to the next) and is then fixed, so
 the transitions of the estimating chains do not depend on their own past.
+
+Several processes (``torchrun``): every process holds the whole batch and draws every random
+number as one process would; the flow and target evaluations (``v`` and its gradient, the final
+fields) are split by rows (:meth:`deeprg.distributed.World.map_rows`) and gathered, so every
+process returns the one-process estimate up to the rounding of smaller batches.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from deeprg.distributed import World, current
 from deeprg.flows.estimators import ImportanceEstimate, weighted_estimate
 from deeprg.flows.flow import Flow, random_global_sign
 from deeprg.mc.hmc import kinetic, leapfrog, log_prob_and_grad, metropolis_accept
@@ -65,14 +71,15 @@ class AnnealedEstimate:
 
 class _Path:
     """``ln f_b`` and its gradient at one inverse temperature ``b``, remembering ``v`` and its
-    gradient at the last point evaluated (the end point of a leapfrog trajectory)."""
+    gradient at the last point evaluated (the end point of a leapfrog trajectory); the evaluation
+    is split by rows over the processes of ``world``."""
 
-    def __init__(self, log_weight: Callable[[Tensor], Tensor]) -> None:
-        self.log_weight, self.b = log_weight, 0.0
+    def __init__(self, log_weight: Callable[[Tensor], Tensor], world: World) -> None:
+        self.log_weight, self.b, self.world = log_weight, 0.0, world
         self.v = self.grad_v = None
 
     def evaluate(self, z: Tensor) -> None:
-        self.v, self.grad_v = log_prob_and_grad(self.log_weight, z)
+        self.v, self.grad_v = self.world.map_rows(lambda rows: log_prob_and_grad(self.log_weight, rows), z)
 
     def value_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
         self.evaluate(z)
@@ -149,6 +156,7 @@ def annealed_importance_sampling(
     observables: dict[str, Callable[[Tensor], Tensor]] | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[int, int], None] | None = None,
+    world: World | None = None,
 ) -> AnnealedEstimate:
     """AIS estimate of ``ln Z`` from ``n_samples`` annealed flow samples (see the module docstring).
 
@@ -164,6 +172,8 @@ def annealed_importance_sampling(
         AIS weights (self-normalized).
     callback: called as ``callback(done, total)`` after every HMC transition of a batch (pilot
         included), for a progress bar.
+    world: processes sharing the evaluations (default :func:`deeprg.distributed.current`; on
+        several processes a collective with the same result on every process).
     """
     if n_samples < 25:
         raise ValueError(f"n_samples must be >= 25, got {n_samples}")
@@ -177,7 +187,8 @@ def annealed_importance_sampling(
         raise ValueError(f"power must be >= 1, got {power}")
     observables = dict(observables or {})
 
-    path, bs, step_sizes = _Path(latent_log_weight(flow, target)), ladder(n_temperatures, power), None
+    world = current() if world is None else world
+    path, bs, step_sizes = _Path(latent_log_weight(flow, target), world), ladder(n_temperatures, power), None
     done, total = 0, (-(-n_samples // batch) + 1) * (n_temperatures - 1)  # batches and pilot
 
     def on_transition() -> None:
@@ -198,7 +209,7 @@ def annealed_importance_sampling(
         acceptance.append(torch.tensor(acc, dtype=torch.float64) * len(log_w))
         if observables:
             with torch.no_grad():
-                x = flow.hierarchy.generate(z)[0]
+                x = world.map_rows(lambda rows: flow.hierarchy.generate(rows)[0], z)
                 if flow.symmetrize:
                     x = random_global_sign(x, generator)
                 for name, fn in observables.items():

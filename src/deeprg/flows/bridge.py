@@ -63,6 +63,7 @@ import torch
 from scipy.special import expit, logsumexp
 from torch import Tensor
 
+from deeprg.distributed import World, current
 from deeprg.flows.estimators import pareto_k
 from deeprg.flows.flow import Flow
 from deeprg.mc.stats import Estimate, integrated_autocorr_time
@@ -256,7 +257,7 @@ def bridge_ln_z(l_q: Tensor | np.ndarray, l_pi: Tensor | np.ndarray, *, n_blocks
 @torch.no_grad()
 def bridge_sampling(flow: Flow, target, n_flow: int, pi_samples: Tensor, generator: torch.Generator | None = None,
                     *, batch: int = 4096, n_blocks: int = 32,
-                    callback: Callable[[int, int], None] | None = None) -> BridgeEstimate:
+                    callback: Callable[[int, int], None] | None = None, world: World | None = None) -> BridgeEstimate:
     """Bridge sampling between ``flow`` and ``target`` (module docstring): draws ``n_flow`` fresh
     flow samples, evaluates the log-weights ``ln pi_u - ln q`` of both sides in batches of
     ``batch`` (the target in float64, the flow in its own dtype, differences in float64) and calls
@@ -267,6 +268,12 @@ def bridge_sampling(flow: Flow, target, n_flow: int, pi_samples: Tensor, generat
     :func:`deeprg.models.relaxed.reference_sampler`) or ``(steps, chains, *event_shape)`` (e.g.
     latent HMC chains mapped to fields). ``callback(done, total)`` is called after each batch,
     ``total = n_flow + n2``.
+
+    On several processes (``world``, default :func:`deeprg.distributed.current`; a collective,
+    every process passing the same ``pi_samples``) each process evaluates its share of every
+    batch's rows (every process draws the whole batch's latents, as in
+    :func:`~deeprg.flows.estimators.importance_ln_z`) and the log-weights are gathered in row
+    order: every process returns the one-process estimate up to the rounding of smaller batches.
     """
     event = tuple(flow.event_shape)
     if not isinstance(pi_samples, Tensor) or pi_samples.dim() not in (len(event) + 1, len(event) + 2) \
@@ -278,20 +285,27 @@ def bridge_sampling(flow: Flow, target, n_flow: int, pi_samples: Tensor, generat
         raise ValueError(f"n_flow must be an integer >= {MIN_SAMPLES} (samples of the flow q), got {n_flow!r}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    world = current() if world is None else world
     ref = next(flow.parameters())
     chain_shape = tuple(pi_samples.shape[: pi_samples.dim() - len(event)])
     y = pi_samples.reshape((-1,) + event)
     total = n_flow + len(y)
+
+    def pi_side(part: Tensor) -> Tensor:
+        return target.log_prob_unnormalized(part.double()) - flow.log_prob(part.to(ref.dtype)).double()
+
     l_q, l_pi = [], []
     for start in range(0, n_flow, batch):
-        x, log_q = flow.sample_and_log_prob(min(batch, n_flow - start), generator)
-        l_q.append((target.log_prob_unnormalized(x.double()) - log_q.double()).cpu())
+        n = min(batch, n_flow - start)
+        split = world.distributed and n >= world.size
+        x, log_q = flow.sample_and_log_prob(n, generator, rows=world.share(n) if split else None)
+        lw = target.log_prob_unnormalized(x.double()) - log_q.double()
+        l_q.append(torch.from_numpy(world.all_gather_rows(lw.cpu().numpy())) if split else lw.cpu())
         if callback is not None:
-            callback(start + len(x), total)
+            callback(start + n, total)
     for start in range(0, len(y), batch):
         part = y[start : start + batch].to(ref.device)
-        log_q = flow.log_prob(part.to(ref.dtype)).double()
-        l_pi.append((target.log_prob_unnormalized(part.double()) - log_q).cpu())
+        l_pi.append(world.map_rows(pi_side, part).cpu())
         if callback is not None:
             callback(n_flow + start + len(part), total)
     return bridge_ln_z(torch.cat(l_q), torch.cat(l_pi).reshape(chain_shape), n_blocks=n_blocks)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from deeprg.distributed import World, current
 from deeprg.flows.estimators import ising_observables, latent_log_prob
 from deeprg.flows.flow import Flow
 from deeprg.mc.hmc import HMCResult, hmc
@@ -54,12 +55,15 @@ def hmc_in_space(
     warmup: int = 0,
     generator: torch.Generator | None = None,
     callback: Callable[[int, float], None] | None = None,
+    world: World | None = None,
 ) -> HMCResult:
     """HMC in ``space`` (``"latent"`` or ``"physical"``) from the fields ``x0``.
 
     The result's ``series`` hold ``log_prob`` (of the sampled space) and the Ising observables
     ``structure_factor`` and ``energy_per_site`` of the *fields*, ``(n_steps, chains)``; its
-    ``warmup_series`` the same during warm-up. ``result.x`` is in the sampled space.
+    ``warmup_series`` the same during warm-up. ``result.x`` is in the sampled space. On several
+    processes (``world``) the log-density evaluations are split by chains
+    (:func:`deeprg.mc.hmc.hmc`); a collective.
     """
     if space not in SPACES:
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")
@@ -79,30 +83,34 @@ def hmc_in_space(
     base = ising_observables(target, generator, random_sign=flow.symmetrize and space == "latent")
     observables = {name: (lambda v, fn=fn: fn(to_field(v))) for name, fn in base.items()}
     return hmc(log_prob, start, n_steps, step_size=step_size, n_leapfrog=n_leapfrog, warmup=warmup,
-               observables=observables, generator=generator, callback=callback)
+               observables=observables, generator=generator, callback=callback, world=world)
 
 
 def latent_hmc_fields(flow: Flow, target, steps: int, chains: int, *, thin: int = 5, warmup: int = 100,
                       n_leapfrog: int = 10, step_size: float = 0.1, generator: torch.Generator | None = None,
-                      callback: Callable[[int, int], None] | None = None) -> Tensor:
+                      callback: Callable[[int, int], None] | None = None, world: World | None = None) -> Tensor:
     """Exact samples of ``pi`` by HMC in the flow's latent space (Eq. 6): ``chains`` chains started
     from flow samples, ``warmup`` steps of step-size adaptation, then ``steps`` saved fields
     ``x = g(z)`` every ``thin`` HMC steps. Returns float64 fields ``(steps, chains, *event_shape)``
     (the layout the autocorrelation-aware estimators expect); ``callback(done, steps)`` after each
-    saved step."""
+    saved step. On several processes (``world``, default :func:`deeprg.distributed.current`; a
+    collective) the flow's work is split by chains and every process returns all chains, equal to
+    the one-process result up to rounding."""
     if min(steps, chains, thin) < 1 or warmup < 0:
         raise ValueError(f"steps, chains and thin must be >= 1 and warmup >= 0, got {steps}, {chains}, {thin}, "
                          f"{warmup}")
+    world = current() if world is None else world
     log_prob = latent_log_prob(flow, target)
     with torch.no_grad():
         z = flow.hierarchy.renormalize(flow.sample(chains, generator))[0]
-    result = hmc(log_prob, z, 1, step_size=step_size, n_leapfrog=n_leapfrog, warmup=warmup, generator=generator)
+    result = hmc(log_prob, z, 1, step_size=step_size, n_leapfrog=n_leapfrog, warmup=warmup, generator=generator,
+                 world=world)
     fields = []
     for step in range(steps):
         result = hmc(log_prob, result.x, thin, step_size=result.step_size, n_leapfrog=n_leapfrog,
-                     generator=generator)
+                     generator=generator, world=world)
         with torch.no_grad():
-            fields.append(flow.hierarchy.generate(result.x)[0].double())
+            fields.append(world.map_rows(lambda z: flow.hierarchy.generate(z)[0], result.x).double())
         if callback is not None:
             callback(step + 1, steps)
     return torch.stack(fields)

@@ -58,6 +58,11 @@ with error ``std / sqrt(R)``. Like annealed importance sampling, SMC cannot see 
 reaches: parts of the target that neither ``p0`` nor the HMC moves populate are missing; check by
 doubling ``n_particles`` or ``n_moves``.
 
+Several processes (``torchrun``): the replicas are independent, so they are shared out
+(:meth:`deeprg.distributed.World.share`; replica ``r`` keeps its own seed wherever it runs) and
+their results gathered; the pilot, one replica's work, runs on every process. Every process
+returns the one-process estimate exactly.
+
 Conventions: particles ``(n_particles, *event_shape)``, ``v`` and ``ln p0`` map them to
 ``(n_particles,)``; weights and ``ln Z`` are accumulated in float64 whatever the particles' dtype.
 """
@@ -73,6 +78,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from deeprg.distributed import World, current
 from deeprg.flows.annealing import latent_log_weight
 from deeprg.flows.flow import Flow
 from deeprg.mc.hmc import kinetic, leapfrog, metropolis_accept
@@ -356,6 +362,7 @@ def smc_ln_z(
     pilot: bool = True,
     device: torch.device | str = "cpu",
     callback: Callable[[float, int], None] | None = None,
+    world: World | None = None,
 ) -> SMCEstimate:
     """SMC estimate of ``ln Z = ln int p0(z) e^{v(z)} dz`` from ``replicas`` independent runs of
     ``n_particles`` particles each (module docstring).
@@ -384,7 +391,10 @@ def smc_ln_z(
         at the cost of one more replica; ``False``: each replica adapts its own.
     callback: called as ``callback(b, t)`` after the ``t``-th temperature ``b`` of a run (the
         pilot first, then the replicas, one after the other, each from ``b = 0`` to ``b = 1``),
-        for a progress bar.
+        for a progress bar (on several processes: this process's pilot and replicas).
+    world: the processes the replicas are shared among (default
+        :func:`deeprg.distributed.current`; a collective, the same result on every process);
+        ``DistributedMismatch`` when there are more processes than replicas.
 
     Raises ``FloatingPointError`` when ``ln p0`` or ``v`` is not finite at a particle drawn from
     ``p0``; proposals of the HMC moves where they are not finite are rejected.
@@ -404,6 +414,8 @@ def smc_ln_z(
     _check("max_temperatures", _is_int(max_temperatures) and max_temperatures >= 1, "an int >= 1", max_temperatures)
     _check("seed", _is_int(seed) and seed >= 0, "an int >= 0", seed)
     _check("pilot", isinstance(pilot, bool), "True or False", pilot)
+    world = current() if world is None else world
+    world.require_at_most(int(replicas), "replicas")
     pilot_seed, replica_seeds = np.random.SeedSequence(int(seed)).spawn(2)
 
     def run(child, schedule=None) -> SMCReplica:
@@ -416,7 +428,8 @@ def smc_ln_z(
 
     first = run(pilot_seed) if pilot else None
     schedule = _frozen_steps(first) if first is not None and len(first.step_sizes) else None
-    runs = [run(child, schedule) for child in replica_seeds.spawn(int(replicas))]
+    mine = [run(child, schedule) for child in replica_seeds.spawn(int(replicas))[world.share(int(replicas))]]
+    runs = [r for part in world.all_gather_objects(mine) for r in part]
     return SMCEstimate(ln_z=_combine(torch.tensor([r.ln_z for r in runs], dtype=torch.float64)), replicas=runs,
                        n_particles=int(n_particles), pilot=first)
 

@@ -181,7 +181,13 @@ class FlowTrainConfig:
         target (``O(N)``, ``N = L^d``: its FFT eigenvalues and their casts, and the complex FFT
         of the batch with its gradient; no ``N x N`` matrix, see
         :class:`~deeprg.models.relaxed.RelaxedIsing`), the parameters with their gradients and
-        Adam moments, and the activations of one batch kept for the backward pass."""
+        Adam moments, and the activations of one batch kept for the backward pass. The last
+        dominates: counted with ``torch.autograd.graph.saved_tensors_hooks``, the autograd graph
+        keeps per sample about 4 numbers per hidden unit of every coupling's MLP on every block,
+        3 per block variable of every coupling (inputs, scales, shifts), 9 per block variable of
+        every layer (the block-ordered field and its pieces) and about 20 per site (the field at
+        every level, the target's FFTs); the coefficients below round these up
+        (``tests/test_flow_training.py`` checks the estimate against that count)."""
         n = self.L**self.d
         k = 2**self.d
         size = 4 if self.dtype == "float32" else 8
@@ -192,7 +198,9 @@ class FlowTrainConfig:
         per_mlp = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
         mlps = sum(self.n_couplings * (1 if self.shared else b) for b in blocks)
         params = 4.0 * per_mlp * mlps * size
-        activations = 3.0 * self.batch * sum(blocks) * sum(self.hidden) * self.n_couplings * size
+        per_sample = (sum(blocks) * (4.5 * sum(self.hidden) * self.n_couplings + 4.0 * k * self.n_couplings + 10.0 * k)
+                      + 24.0 * n)
+        activations = self.batch * per_sample * size
         target = 8.0 * n * 8 + 4.0 * self.batch * n * size
         return target + params + activations, "L, batch, hidden, n_couplings"
 

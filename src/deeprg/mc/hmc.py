@@ -9,6 +9,11 @@ of half a period maps x -> -x in a Gaussian direction and never changes x^2). Du
 Alg. 5) towards a target mean acceptance, then frozen, so the production chain is an exact
 Metropolis chain. A proposal whose energy is not finite is rejected and counted; if more than half
 of all proposals are, the run stops with :class:`HMCDivergence` instead of averaging garbage.
+
+Several processes (``torchrun``): every process holds all chains and draws every random number,
+as one process would; only the log-density and its gradient are split by chains
+(:meth:`deeprg.distributed.World.map_rows`) and gathered, so the chains follow the one-process
+trajectories (up to the rounding of smaller batches).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from deeprg.distributed import World, current
 from deeprg.memory import trim_heap
 
 #: Steps between two :func:`~deeprg.memory.trim_heap` calls of :func:`hmc` (long runs on large
@@ -135,6 +141,7 @@ def hmc(
     observables: dict[str, Callable[[Tensor], Tensor]] | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[int, float], None] | None = None,
+    world: World | None = None,
 ) -> HMCResult:
     """Run ``warmup + n_steps`` HMC steps from ``x0`` (``(chains, *event)``).
 
@@ -150,6 +157,9 @@ def hmc(
         in ``warmup_series``).
     generator: random source for momenta and accept decisions.
     callback: called as ``callback(step, acceptance)`` after every step (e.g. a progress bar).
+    world: the processes that share the log-density evaluations (default
+        :func:`deeprg.distributed.current`; on several processes a collective: every process calls
+        it with the same arguments and gets the same result).
     """
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
@@ -164,11 +174,12 @@ def hmc(
     if not 0 <= jitter < 1:
         raise ValueError(f"jitter must lie in [0, 1), got {jitter}")
     observables = dict(observables or {})
+    world = current() if world is None else world
     x = x0.detach().clone()
     chains = x.shape[0]
 
     def value_and_grad(v: Tensor) -> tuple[Tensor, Tensor]:
-        return log_prob_and_grad(log_prob, v)
+        return world.map_rows(lambda rows: log_prob_and_grad(log_prob, rows), v)
 
     lp, grad = value_and_grad(x)
     if not torch.isfinite(lp).all():

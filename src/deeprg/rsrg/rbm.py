@@ -110,11 +110,18 @@ def receptive_field(shape: tuple[int, ...], f: int) -> np.ndarray:
     return out
 
 
+_CPU = torch.device("cpu")
+
+
 @functools.lru_cache(maxsize=16)
-def _field_index(shape: tuple[int, ...], f: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(site, coarse)``, both ``(f^d, M)`` int64: entry ``k`` (row-major) of the filter couples
-    coarse site ``J`` to fine site ``site[k, J]`` (``coarse[k, J] = J``). Pairs are distinct
-    because the window fits the lattice."""
+def _field_index(shape: tuple[int, ...], f: int, device: torch.device = _CPU) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(site, coarse)``, both ``(f^d, M)`` int64 on ``device``: entry ``k`` (row-major) of the
+    filter couples coarse site ``J`` to fine site ``site[k, J]`` (``coarse[k, J] = J``). Pairs are
+    distinct because the window fits the lattice. Cached per device, so that the dense path on a
+    GPU copies the indices to it once, not every training step."""
+    if device.type != "cpu":
+        site, coarse = _field_index(shape, f)
+        return site.to(device), coarse.to(device)
     site = torch.as_tensor(receptive_field(shape, f).reshape(f ** len(shape), -1))
     return site, torch.arange(site.shape[1]).expand_as(site)
 
@@ -125,8 +132,7 @@ def coupling_matrix(weights: torch.Tensor, shape: tuple[int, ...]) -> torch.Tens
     ``weights``."""
     shape = tuple(int(s) for s in shape)
     f = _check_weights(weights, shape)
-    site, coarse = _field_index(shape, f)
-    site, coarse = site.to(weights.device), coarse.to(weights.device)
+    site, coarse = _field_index(shape, f, weights.device)
     values = weights.reshape(-1, 1).expand(site.shape)
     W = weights.new_zeros(math.prod(shape), site.shape[1])
     return W.index_put((site.reshape(-1), coarse.reshape(-1)), values.reshape(-1))
@@ -136,8 +142,8 @@ def filter_gradient(dW: torch.Tensor, f: int, shape: tuple[int, ...]) -> torch.T
     """Chain rule through :func:`coupling_matrix`: ``dL/dw[a] = sum_J dL/dW_{i(a,J) J}`` for a
     gradient ``dW`` of shape ``(N, N / 2^d)``; returns ``(f,)*d``."""
     shape = tuple(int(s) for s in shape)
-    site, coarse = _field_index(shape, f)
-    return dW[site.to(dW.device), coarse.to(dW.device)].sum(dim=1).reshape((f,) * len(shape))
+    site, coarse = _field_index(shape, f, dW.device)
+    return dW[site, coarse].sum(dim=1).reshape((f,) * len(shape))
 
 
 def _padded(sigma: torch.Tensor, c: int) -> torch.Tensor:

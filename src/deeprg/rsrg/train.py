@@ -36,6 +36,20 @@ sample the same chains given the same fields.
 :class:`Trainer` owns the filter, the optimizer, the torch generator of the Gibbs chains and the
 position in the epoch, so a checkpoint resumes a run exactly; the filter after every epoch is kept
 (``Trainer.filters``, epoch 0 = initialization).
+
+Devices (``device``, ``cpu`` by default, ``cuda`` or ``cuda:N``): the training set is copied to the
+device once (int8 on the convolutional path, floats on the dense path), each epoch's permutation
+once per epoch, and the filter, Adam's moments, the Gibbs chains and the Gibbs generator live there,
+so a minibatch copies nothing from the host to the device (a step reads back only the logged
+scalars, the loss and the sharpness). The initial filter is always drawn from a CPU generator
+seeded ``seed``; on the CPU the Gibbs chains continue that generator's stream (as they always
+have), on a GPU they draw from a CUDA generator seeded ``seed``: the same seed gives the same
+initial filter on every device but other Gibbs noise, hence another trained filter, on another
+device type (in float32 the convolutional path on a GPU also follows torch's cuDNN TF32 setting).
+Checkpoints hold CPU tensors only and resume on any device; on the same device type the run
+continues exactly, while a run moved to another device type (a GPU run resumed on a CPU machine,
+say) cannot continue its Gibbs stream there and starts a fresh one seeded from ``seed`` and its
+position, with a warning (:meth:`Trainer.load`).
 """
 
 from __future__ import annotations
@@ -45,6 +59,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -52,7 +67,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from deeprg.config import DTYPE_NAMES, check_types, need, torch_dtype
+from deeprg.config import DTYPE_NAMES, check_types, need, resolve_device, torch_dtype
 from deeprg.rsrg.rbm import (
     check_filter,
     coupling_matrix,
@@ -117,13 +132,16 @@ class RBMTrainConfig:
     init_scale: float = 0.01
     seed: int = 0
     dtype: str = "float32"
+    #: torch device: ``cpu``, ``cuda`` or ``cuda:N`` (same seed, other Gibbs noise on another
+    #: device type: see the module docstring).
+    device: str = "cpu"
     #: torch CPU threads; 1 by default: the 10 x 1024 x 256 products of a step gain nothing from
     #: more, and OpenMP threads competing with other work on the cores slow them 10x and more.
     threads: int | None = 1
     checkpoint_seconds: float = 60.0
 
     #: Keys a resumed run may change (everything else must match the checkpoint).
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("epochs", "threads", "checkpoint_seconds")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("epochs", "device", "threads", "checkpoint_seconds")
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -139,6 +157,7 @@ class RBMTrainConfig:
         need(self, self.init_scale >= 0, "init_scale", ">= 0")
         need(self, 0 <= self.seed < 2**64, "seed", "an integer in [0, 2^64)")
         need(self, self.dtype in DTYPE_NAMES, "dtype", f"one of {DTYPE_NAMES}")
+        resolve_device(self.device)
         need(self, self.threads is None or self.threads >= 1, "threads", "an integer >= 1")
         need(self, self.checkpoint_seconds > 0, "checkpoint_seconds", "> 0")
 
@@ -195,6 +214,10 @@ class Trainer(TrainerBase):
         Use the convolutional path (True) or the dense coupling matrix (False); by default
         :func:`conv_path` of the lattice (dense in 2D, convolutional in 3D). Both give the same
         training up to rounding; a checkpoint resumes exactly on the path that wrote it.
+
+    The training set, the filter (:attr:`weights`), Adam's state, the persistent chains and the
+    Gibbs :attr:`generator` are on :attr:`device` (``cfg.device``); :attr:`filters` (the
+    snapshots after each epoch) are kept on the host.
     """
 
     def __init__(self, cfg: RBMTrainConfig, spins: np.ndarray, conv: bool | None = None) -> None:
@@ -208,35 +231,45 @@ class Trainer(TrainerBase):
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         dtype = torch_dtype(cfg.dtype)
+        self.device = resolve_device(cfg.device)
         self.shape = tuple(int(x) for x in s.shape[1:])
         self.d = len(self.shape)
         self.conv = conv_path(self.shape) if conv is None else bool(conv)
         self.data_info = data_fingerprint(s)
         if self.conv:  # int8 (n, N), converted a minibatch at a time (exact for +-1)
-            self._data = torch.from_numpy(np.ascontiguousarray(s.reshape(len(s), -1), dtype=np.int8))
+            data = torch.from_numpy(np.ascontiguousarray(s.reshape(len(s), -1), dtype=np.int8))
         else:
-            self._data = torch.from_numpy(s.reshape(len(s), -1).astype(np.float32)).to(dtype)
+            data = torch.from_numpy(s.reshape(len(s), -1).astype(np.float32)).to(dtype)
+        self._data = data.to(self.device)  # once: minibatches are then indexed on the device
         self.dtype = dtype
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        # The initial filter comes from a CPU generator seeded ``seed`` on every device; on the
+        # CPU the Gibbs chains continue its stream, on a GPU they use a CUDA generator seeded ``seed``.
+        host = torch.Generator().manual_seed(cfg.seed)
         f = cfg.filter_size
-        init = (2.0 * torch.rand((f,) * self.d, generator=self.generator, dtype=torch.float64) - 1.0) * cfg.init_scale
-        self.weights = init.to(dtype)
+        init = (2.0 * torch.rand((f,) * self.d, generator=host, dtype=torch.float64) - 1.0) * cfg.init_scale
+        self.generator = (host if self.device.type == "cpu"
+                          else torch.Generator(device=self.device).manual_seed(cfg.seed))
+        self.weights = init.to(device=self.device, dtype=dtype)
         self.optimizer = torch.optim.Adam([self.weights], lr=cfg.lr)
         self.steps_per_epoch = len(s) // cfg.batch
         self.epoch = 0  # completed epochs
         self.batch_index = 0  # minibatches done in the current epoch
         self.chains: torch.Tensor | None = None  # persistent chains (PCD)
-        self.filters = [self.weights.clone()]
+        self.filters = [_host(self.weights)]
         self.history: list[dict] = []
         self._sums = {"cd_gap": 0.0, "sharpness": 0.0, "steps": 0}
         self.wall_seconds = 0.0
-        self._perm: tuple[int, np.ndarray] | None = None
+        self._perm: tuple[int, torch.Tensor] | None = None
 
     # ---- training ---------------------------------------------------------------------------
-    def _permutation(self) -> np.ndarray:
+    def _permutation(self) -> torch.Tensor:
+        """This epoch's permutation of the training set: drawn on the host from
+        ``SeedSequence([seed, epoch])`` (the same on every device) and copied to the device once
+        per epoch, as a LongTensor that minibatches are sliced from."""
         if self._perm is None or self._perm[0] != self.epoch:
             rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, self.epoch]))
-            self._perm = (self.epoch, rng.permutation(len(self._data)))
+            perm = torch.from_numpy(rng.permutation(len(self._data)))
+            self._perm = (self.epoch, perm.to(device=self.device, dtype=torch.long))
         return self._perm[1]
 
     def _gibbs(self, v: torch.Tensor, W: torch.Tensor | None) -> torch.Tensor:
@@ -256,7 +289,7 @@ class Trainer(TrainerBase):
     def gradient(self, v0: torch.Tensor, vk: torch.Tensor,
                  W: torch.Tensor | None = None) -> tuple[torch.Tensor, float, torch.Tensor]:
         """CD gradient of ``loss = <F>_{v0} - <F>_{vk}`` with respect to the filter, for flat
-        configurations ``(batch, N)``: with ``dF/dW_iJ = -sigma_i tanh(h_J)``,
+        configurations ``(batch, N)`` on :attr:`device`: with ``dF/dW_iJ = -sigma_i tanh(h_J)``,
         ``dloss/dW = (vk^T tanh(h_k) - v0^T tanh(h_0)) / batch``, summed over the entries of ``W``
         that share a filter weight. With the dense ``W`` of the current filter this is a matrix
         product and :func:`~deeprg.rsrg.rbm.filter_gradient`; with ``W = None`` (convolutional
@@ -294,7 +327,7 @@ class Trainer(TrainerBase):
         untouched) if the loss is not finite."""
         t0 = time.perf_counter()
         b = self.cfg.batch
-        idx = torch.from_numpy(self._permutation()[self.batch_index * b : (self.batch_index + 1) * b])
+        idx = self._permutation()[self.batch_index * b : (self.batch_index + 1) * b]
         v0 = self._data[idx]
         if self.conv:
             v0 = v0.to(self.dtype)
@@ -325,7 +358,7 @@ class Trainer(TrainerBase):
         w = self.weights
         self.epoch += 1
         self.batch_index = 0
-        self.filters.append(w.clone())
+        self.filters.append(_host(w))
         self.history.append({
             "epoch": self.epoch,
             "cd_gap": self._sums["cd_gap"] / n,
@@ -339,23 +372,26 @@ class Trainer(TrainerBase):
 
     @property
     def filter_history(self) -> np.ndarray:
-        """``(epochs + 1, *(f,)*d)`` float64 filters after each epoch (row 0: initialization)."""
-        return torch.stack(self.filters).double().numpy()
+        """``(epochs + 1, *(f,)*d)`` float64 filters after each epoch (row 0: initialization), a
+        numpy array on the host."""
+        return torch.stack(self.filters).cpu().double().numpy()
 
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The checkpoint: CPU tensors only (filter, Adam's state, chains, snapshots; the
+        generator's state is a CPU byte tensor on every device), so it loads on any device."""
         return {
             "format": CHECKPOINT_FORMAT,
             "config": json.dumps(self.cfg.to_dict()),
             "data": json.dumps(self.data_info),
-            "weights": self.weights.clone(),
-            "optimizer": self.optimizer.state_dict(),
+            "weights": _host(self.weights),
+            "optimizer": _on_host(self.optimizer.state_dict()),
             "generator": self.generator.get_state(),
             "epoch": self.epoch,
             "batch_index": self.batch_index,
             "sums": dict(self._sums),
-            "chains": self.chains if self.chains is not None else torch.empty(0),
-            "filters": torch.stack(self.filters),
+            "chains": _host(self.chains) if self.chains is not None else torch.empty(0),
+            "filters": torch.stack(self.filters).cpu(),
             "history": self.history,
             "wall_seconds": self.wall_seconds,
         }
@@ -366,9 +402,15 @@ class Trainer(TrainerBase):
 
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint of the same run: same data and same config except
-        ``RBMTrainConfig.RESUMABLE`` (e.g. more epochs)."""
+        ``RBMTrainConfig.RESUMABLE`` (e.g. more epochs, another device). The state moves to
+        :attr:`device`. A checkpoint written on another device type (``cuda`` read on ``cpu`` or
+        the reverse) holds the state of another kind of generator, which cannot continue here:
+        the Gibbs generator is then seeded from ``cfg.seed`` and the position (epoch and
+        minibatch) and a ``RuntimeWarning`` says so; the run goes on, but is not the one it would
+        have been on a single device type. On the same device type the run continues exactly."""
         state = load_checkpoint(path)
         saved = _config_from_json(state["config"], path)
+        saved_device = _saved_device(state["config"], path)
         keys = [f.name for f in dataclasses.fields(RBMTrainConfig) if f.name not in RBMTrainConfig.RESUMABLE]
         detail = config_mismatch(saved.to_dict(), self.cfg.to_dict(), keys)
         if detail:
@@ -389,27 +431,70 @@ class Trainer(TrainerBase):
         if tuple(state["weights"].shape) != (f,) * d or tuple(state["filters"].shape[1:]) != (f,) * d:
             raise CheckpointMismatch(f"{str(path)!r}: filter of shape {tuple(state['weights'].shape)} does not fit "
                                      f"filter_size {f}")
+        moved = saved_device.type != self.device.type
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.generator.set_state(state["generator"])
+            self.optimizer.load_state_dict(state["optimizer"])  # Adam moves its moments to the filter's device
+            if not moved:
+                self.generator.set_state(state["generator"])
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
             raise CheckpointMismatch(f"{str(path)!r} does not fit its config ({err})") from None
         self.weights.copy_(state["weights"])
         self.epoch = int(state["epoch"])
         self.batch_index = int(state["batch_index"])
+        if moved:
+            sequence = np.random.SeedSequence([self.cfg.seed, self.epoch, self.batch_index])
+            self.generator.manual_seed(int(sequence.generate_state(1, np.uint64)[0]))
+            warnings.warn(f"checkpoint {str(path)!r} was written on {saved_device.type}; its Gibbs generator cannot "
+                          f"continue on {self.device.type}, so the Gibbs chains continue with a fresh stream seeded "
+                          f"from seed {self.cfg.seed} at epoch {self.epoch}, minibatch {self.batch_index} (the run "
+                          f"differs from one that stayed on {saved_device.type})", RuntimeWarning, stacklevel=2)
         self._sums = dict(state["sums"])
-        self.chains = state["chains"] if state["chains"].numel() else None
-        self.filters = list(state["filters"])
+        self.chains = state["chains"].to(self.device) if state["chains"].numel() else None
+        self.filters = [f.cpu() for f in state["filters"]]
         self.history = list(state["history"])
         self.wall_seconds = float(state["wall_seconds"])
 
 
+def _host(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of ``t`` (a copy also on the CPU, so later steps do not change it)."""
+    return t.detach().to("cpu", copy=True)
+
+
+def _on_host(obj):
+    """``obj`` (an optimizer's state dict: dicts, lists, tensors, numbers) with every tensor on
+    the CPU (CPU tensors as they are)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _on_host(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_host(v) for v in obj)
+    return obj
+
+
 def _config_from_json(text: str, path: str | Path) -> RBMTrainConfig:
+    """The saved config, with ``device`` set to ``cpu``: where a run was trained does not define
+    it, and a run trained on a GPU must be readable on a machine without one (the saved device:
+    :func:`_saved_device`)."""
     known = {f.name for f in dataclasses.fields(RBMTrainConfig)}
     try:
-        return RBMTrainConfig(**{k: v for k, v in json.loads(text).items() if k in known})
+        values = {k: v for k, v in json.loads(text).items() if k in known}
+        return RBMTrainConfig(**{**values, "device": "cpu"})
     except (TypeError, ValueError, AttributeError, RecursionError) as err:
         raise CheckpointMismatch(f"{str(path)!r} holds an unusable RBM config ({err})") from None
+
+
+def _saved_device(text: str, path: str | Path) -> torch.device:
+    """The device a checkpoint's run was trained on (``cpu`` for checkpoints older than the
+    ``device`` key); need not exist on this machine."""
+    value = json.loads(text).get("device", "cpu")
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise CheckpointMismatch(f"{str(path)!r} holds an unusable RBM config (device {value!r})")
+    return device
 
 
 def _lattice_shape(text: str, path: str | Path) -> tuple[int, ...]:

@@ -30,6 +30,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from deeprg.config import resolve_device
 from deeprg.lattice import Lattice
 from deeprg.rsrg.rbm import block_indicator, check_filter, hidden_field
 
@@ -150,12 +151,20 @@ class RBMProjector:
         (2017). 0 (the default) is the learned projector itself; large ``alpha`` tends to the
         majority rule wherever the block sum is not 0. The one-parameter family that
         :func:`deeprg.rsrg.tuning.tune_sectors` tunes separately for the even and odd exponents.
+    device:
+        Torch device of the field computation (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a
+        :class:`torch.device`; a device this machine lacks is a ``ValueError`` naming ``device``).
+        :attr:`weights` live there. The uniforms of :meth:`transform` still come from the numpy
+        generator on the host, so the coarse spins depend on the device only through the rounding
+        of the field (float64 fields differ in the last bits at most; float32 convolutions on a GPU follow
+        torch's cuDNN TF32 setting, ``torch.backends.cudnn.allow_tf32``, on by default).
     """
 
     name = "rbm"
 
     def __init__(self, weights: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32,
-                 block_weight: float = 0.0) -> None:
+                 block_weight: float = 0.0, device: str | torch.device = "cpu") -> None:
+        self.device = resolve_device(str(device))
         w = torch.as_tensor(weights).detach().to(device="cpu", dtype=torch.float64)
         if w.ndim not in (2, 3) or any(s != w.shape[0] for s in w.shape):
             raise ValueError(f"filter must be a square (f, f) or cubic (f, f, f) array, got shape {tuple(w.shape)}")
@@ -173,7 +182,7 @@ class RBMProjector:
         if block_weight:
             w = w + block_weight * torch.from_numpy(block_indicator(self.size, self.d))
         self.block_weight = float(block_weight)
-        self.weights = w.to(dtype)
+        self.weights = w.to(device=self.device, dtype=dtype)
         self.dtype = dtype
 
     def check(self, shape: tuple[int, ...]) -> None:
@@ -182,11 +191,15 @@ class RBMProjector:
 
     @torch.no_grad()
     def probabilities(self, spins: np.ndarray) -> np.ndarray:
-        """``P(mu_J = +1 | sigma) = sigmoid(2 h_J)`` as a ``(batch, L_0/2, ..)`` float64 array."""
+        """``P(mu_J = +1 | sigma) = sigmoid(2 h_J)`` as a ``(batch, L_0/2, ..)`` float64 numpy
+        array. On a GPU the spins (int8, from numpy on the host) are copied to the device once per
+        call, the field is computed there and the probabilities are copied back: a host-device
+        round trip per chunk of configurations, inherent in numpy input and output."""
         s = _as_spins(spins)
         self.check(s.shape[1:])
-        h = hidden_field(torch.from_numpy(s).to(self.dtype), self.weights)
-        return torch.sigmoid(2.0 * h).double().numpy()
+        x = torch.from_numpy(s).to(self.device).to(self.dtype)
+        h = hidden_field(x, self.weights)
+        return torch.sigmoid(2.0 * h).double().cpu().numpy()
 
     def transform(self, spins: np.ndarray, generator: np.random.Generator) -> np.ndarray:
         p = self.probabilities(spins)
