@@ -54,16 +54,32 @@ LAYOUTS = (("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 1, 2), ("2 pr
 BATCHES = (256, 1024)
 
 
+def cpu_times() -> tuple[int, int]:
+    """(total, steal) jiffies of all CPUs from /proc/stat ((0, 0) where there is none)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+
+
+#: Fraction of CPU time the hypervisor took (steal) during each command, in order of the runs.
+STEAL: list[float] = []
+
+
 def deeprg(argv: list[str], processes: int, threads: int) -> tuple[float, str]:
-    """Run ``deeprg argv``; returns its wall time in seconds and its standard output."""
+    """Run ``deeprg argv``; returns its wall time in seconds and its standard output (and records
+    the steal fraction of the CPUs meanwhile in :data:`STEAL`)."""
     launch = ([sys.executable, "-m", "deeprg"] if processes == 1 else
               [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "-m", "--", "deeprg"])
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads),
            "PYTHONWARNINGS": "ignore"}
-    t0 = time.perf_counter()
+    t0, (total0, steal0) = time.perf_counter(), cpu_times()
     done = subprocess.run([*launch, *argv], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
+    total1, steal1 = cpu_times()
+    STEAL.append((steal1 - steal0) / (total1 - total0) if total1 > total0 else 0.0)
     if done.returncode != 0:
         raise RuntimeError(f"deeprg {' '.join(argv)} on {processes} process(es) failed:\n{done.stderr[-3000:]}")
     return seconds, done.stdout
@@ -178,6 +194,7 @@ def main() -> None:
         result["mcrg"] = mcrg(tmp, data, small, L_mc.bit_length() - 3, repeats)
         result["mcrg"]["speedup"] = speedups(result["mcrg"], "seconds")
     result["sizes"] = {"flow_L": L_flow, "flow_steps": steps, "sampling_L": L_mc, "sampling_n": n}
+    result["steal"] = {"mean": float(np.mean(STEAL)), "max": float(np.max(STEAL)), "per_command": STEAL}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(markdown(result))
@@ -214,6 +231,10 @@ def markdown(r: dict) -> str:
                   f"started together, each with half the work and no communication, take {pair['seconds']:.4g} s "
                   f"(the slower of the two), a speed-up of **{ceiling:.2f}x** over one process: what 2 processes "
                   "could reach at best here."]
+    if "steal" in r:
+        lines += ["", f"CPU time taken by the hypervisor (steal, /proc/stat) while the commands ran: mean "
+                  f"{100 * r['steal']['mean']:.0f}%, worst command {100 * r['steal']['max']:.0f}%. Above a few percent "
+                  "the times measure the host's load as much as deeprg, and the speed-ups scatter accordingly."]
     lines += ["", "Flow parameters after training, 1 vs 2 processes: max difference "
               + ", ".join(f"{r[f'flow_{b}']['max_parameter_difference_1_vs_2_processes']:.2e} (batch {b})" for b in BATCHES)
               + " (float32: rounding differences of the gradient all-reduce, grown over the run).",
