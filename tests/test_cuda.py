@@ -34,15 +34,19 @@ def test_flow_training_keeps_parameters_and_buffers_on_the_gpu():
     assert all(b.device.type == "cuda" for b in trainer.target.buffers())
 
 
+def _host_to_device_copies(step) -> list[str]:
+    """Names of the host-to-device copies that two calls of ``step()`` make."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        step()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if "HtoD" in e.name]
+
+
 def test_a_training_step_copies_nothing_from_host_to_device():
     trainer = _trainer()
     trainer.step()  # warm-up: casts cached, kernels chosen
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        trainer.step()
-        trainer.step()
-        torch.cuda.synchronize()
-    copies = [e.name for e in prof.events() if "HtoD" in e.name]
-    assert copies == []
+    assert _host_to_device_copies(trainer.step) == []
 
 
 def test_gpu_and_cpu_training_agree_in_float64():
@@ -151,12 +155,7 @@ def test_an_rbm_training_step_copies_nothing_from_host_to_device(shape):
     trainer = _rbm(shape, n=60)  # 6 minibatches per epoch
     trainer.step()  # warm-up: the epoch's permutation is copied, Adam's state made, kernels chosen
     trainer.step()  # the persistent chains' first use
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        trainer.step()
-        trainer.step()
-        torch.cuda.synchronize()
-    copies = [e.name for e in prof.events() if "HtoD" in e.name]
-    assert copies == []
+    assert _host_to_device_copies(trainer.step) == []
 
 
 @RBM_SHAPES
