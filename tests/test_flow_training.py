@@ -271,3 +271,12 @@ def test_memory_estimate_covers_what_autograd_keeps_for_the_backward_pass(option
     saved = _saved_for_backward(cfg)
     estimate, _ = cfg.memory_estimate()
     assert saved <= estimate <= 2.5 * saved + 2e6
+
+
+def test_the_variational_free_energy_builds_no_autograd_graph():
+    cfg = FlowTrainConfig(L=4, batch=8)
+    flow, target = build_flow(cfg), build_target(cfg)
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t.shape) or t, lambda t: t):
+        estimate = variational_free_energy(flow, target, 64, generator=torch.Generator().manual_seed(0))
+    assert seen == [] and math.isfinite(estimate.mean)

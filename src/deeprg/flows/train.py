@@ -223,13 +223,13 @@ def build_flow(cfg: FlowTrainConfig) -> Flow:
     return Flow(hierarchy, cfg.symmetrize)
 
 
-@torch.no_grad()
 def evaluation_batch(n_sites: int) -> int:
     """Fields per batch of an evaluation without gradients: 4096, fewer on lattices above 32x32
     so that a batch holds at most 2^22 sites (256 fields at 128x128)."""
     return max(1, min(4096, 2**22 // n_sites))
 
 
+@torch.no_grad()
 def variational_free_energy(
     flow: Flow, target, n_samples: int, batch: int | None = None, generator: torch.Generator | None = None
 ) -> Estimate:
