@@ -188,7 +188,7 @@ class World:
         single = isinstance(out, torch.Tensor)
         parts = (out,) if single else tuple(out)
         flat = [p.detach().reshape(len(p), -1).to(torch.float64) for p in parts]
-        counts = [(r + 1) * n // self.size - r * n // self.size for r in range(self.size)]
+        counts = [len(range(n)[self.share(n, r)]) for r in range(self.size)]
         full = torch.from_numpy(self.all_gather_rows(torch.cat(flat, 1).cpu().numpy(), counts))
         result, column = [], 0
         for p, f in zip(parts, flat, strict=True):
