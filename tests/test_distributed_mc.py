@@ -292,6 +292,41 @@ def one_process(tmp_path_factory):
     return path, summary
 
 
+#: Both gathers on 2 processes, for rows split evenly (received in place, no copy) and unevenly
+#: (padded): every rank's rows ``r * 100 + arange``, shapes past axis 0 and dtypes kept.
+GATHERS = """
+import numpy as np
+from deeprg.distributed import init
+w = init()
+for counts in ((3, 3), (3, 2), (1, 4)):
+    for dtype in (np.int8, np.float64):
+        mine = (100 * w.rank + np.arange(counts[w.rank] * 4)).astype(dtype).reshape(-1, 2, 2)
+        want = np.concatenate([(100 * r + np.arange(c * 4)).astype(dtype).reshape(-1, 2, 2)
+                               for r, c in enumerate(counts)])
+        for got in (w.all_gather_rows(mine), w.all_gather_rows(mine, list(counts)), w.gather_rows(mine)):
+            if got is None:
+                assert w.rank == 1
+                continue
+            assert got.dtype == dtype and got.shape == want.shape and np.array_equal(got, want), (counts, dtype)
+print("ok", w.rank)
+"""
+
+
+@pytest.mark.distributed
+def test_row_gathers_on_two_processes_keep_rank_order_dtype_and_shape(tmp_path):
+    script = tmp_path / "gathers.py"
+    script.write_text(GATHERS)
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**ENV, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                              "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                              "MASTER_PORT": port})
+             for r in range(2)]
+    for r, p in enumerate(procs):
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0 and out.split() == ["ok", str(r)], err[-2000:]
+
+
 @pytest.mark.distributed
 def test_sample_on_two_processes_is_bit_identical(one_process, tmp_path):
     path, summary = one_process
