@@ -345,6 +345,27 @@ def test_sample_on_two_processes_is_bit_identical(one_process, tmp_path):
 
 
 @pytest.mark.distributed
+def test_sample_on_two_nodes_joined_by_rendezvous_is_bit_identical(one_process, tmp_path):
+    """Two ``torchrun`` commands, one per "node" (here both on this machine), joined through the
+    c10d rendezvous of docs/scaling.md "Several nodes": each sees LOCAL_WORLD_SIZE = 1, the
+    rendezvous numbers the processes, and the rank-0 process, whichever node it is on, writes."""
+    path, summary = one_process
+    out = tmp_path / "data.npz"
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "two-nodes",
+            "-m", "--", "deeprg", *SAMPLE, "--threads", "1", "--out", str(out)]
+    procs = [subprocess.Popen(node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+             for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    printed = [json.loads(stdout) for stdout, _ in results if stdout.strip()]
+    assert len(printed) == 1 and printed[0]["processes"] == 2  # one rank 0, on either node
+    assert {k: v for k, v in printed[0].items() if k not in VARYING} == \
+        {k: v for k, v in summary.items() if k not in VARYING}
+    assert np.array_equal(load_dataset(path).spins, load_dataset(out).spins)
+
+
+@pytest.mark.distributed
 def test_mcrg_on_two_processes_is_bit_identical(one_process, cli):
     path, _ = one_process
     argv = ["mcrg", "--data", path, "--transform", "majority", "--levels", "2", "--blocks", "8", "--json", "--quiet"]
