@@ -114,6 +114,31 @@ def test_a_one_process_command_under_torchrun_is_refused_with_exit_2(tmp_path):
     assert "exitcode  : 2" in done.stderr
 
 
+def test_a_non_finite_loss_on_one_process_stops_both_before_the_step(tmp_path):
+    """Rank 1 alone sees NaN from its 4th step on: both processes stop at step 4, before Adam
+    moves the parameters, and the checkpoint they leave holds step 3 on both sides."""
+    script, out, cfg = tmp_path / "nan.py", tmp_path / "run", tmp_path / "run.toml"
+    cfg.write_text("checkpoint_seconds = 1e-9\neval_samples = 64\n")  # a checkpoint after every step
+    script.write_text(
+        "import os, sys\n"
+        "import deeprg.flows.train as T\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    forward, calls = T._Objective.forward, [0]\n"
+        "    def nan_after(self, *a, **k):\n"
+        "        x, f, nll = forward(self, *a, **k)\n"
+        "        calls[0] += 1\n"
+        "        return (x, f * float('nan') if calls[0] > 3 else f, nll)\n"
+        "    T._Objective.forward = nan_after\n"
+        "from deeprg.cli import main\n"
+        f"sys.exit(main({[*TRAIN, '--steps', '10', '--config', str(cfg), '--out', str(out)]!r}))\n")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(script)], capture_output=True, text=True, timeout=240, env=_env())
+    assert done.returncode != 0
+    assert "non-finite loss at step 4" in done.stderr
+    assert _flow_state(out)["step"] == 3
+    assert not list(out.glob(".*.tmp"))
+
+
 def test_world_larger_than_the_batch_is_refused_before_any_work():
     cfg = FlowTrainConfig(L=4, batch=2, hidden=[4], steps=1)
     with pytest.raises(DistributedMismatch, match="batch \\(2\\) must be at least the number of processes \\(4\\)"):

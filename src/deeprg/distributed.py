@@ -113,6 +113,23 @@ class World:
         self._run("all_reduce", torch.distributed.all_reduce, t)
         return t.cpu().numpy().reshape(a.shape)
 
+    def all_sum_start(self, values):
+        """:meth:`all_sum` started now and finished later: returns ``finish()``, which waits for
+        the sum and returns it. Work done between the two (a backward pass, say) overlaps the
+        exchange, so a step pays one wait for the other processes instead of two; every rank
+        must start its collectives in the same order (as for any collective)."""
+        a = np.asarray(values, dtype=np.float64)
+        if not self.distributed:
+            return a.copy
+        t = self._tensor(a.copy())
+        work = self._run("all_reduce", torch.distributed.all_reduce, t, async_op=True)
+
+        def finish() -> np.ndarray:
+            self._run("all_reduce", work.wait)
+            return t.cpu().numpy().reshape(a.shape)
+
+        return finish
+
     def all_sum_int(self, values) -> np.ndarray:
         """Element-wise int64 sum over ranks, on every rank: exact, hence the same whatever the
         order of addition (the caller makes sure the totals fit in int64: they wrap around)."""

@@ -382,14 +382,17 @@ class Trainer(TrainerBase):
             loss = nll if cfg.objective == "forward" else (1 - cfg.forward_weight) * f.sum() * scale + cfg.forward_weight * nll
         self.optimizer.zero_grad(set_to_none=True)
         f_detached = f.detach()
-        sums = world.all_sum([float(f_detached.double().sum()), float(f_detached.double().pow(2).sum()),
-                              float(not torch.isfinite(loss)), float(not torch.isfinite(f_detached).all())]).tolist()
+        # the batch's sums travel while the backward pass runs (one wait per step for the other
+        # processes, in the gradient all-reduce); a non-finite value stops before the Adam step
+        sums = world.all_sum_start([float(f_detached.double().sum()), float(f_detached.double().pow(2).sum()),
+                                    float(not torch.isfinite(loss)), float(not torch.isfinite(f_detached).all())])
+        loss.backward()
+        sums = sums().tolist()
         if sums[2] > 0:
             raise NonFiniteLoss(f"non-finite loss at step {self.step_count + 1}")
         if sums[3] > 0:  # the forward objective does not see the flow's own samples
             raise NonFiniteLoss(f"non-finite ln q - ln pi on the flow's own samples at step {self.step_count + 1}: "
                                 "the flow has diverged")
-        loss.backward()
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), clip)
         if not torch.isfinite(grad_norm):  # gradients are averaged: the same on every process
