@@ -296,7 +296,7 @@ def one_process(tmp_path_factory):
 #: (padded): every rank's rows ``r * 100 + arange``, shapes past axis 0 and dtypes kept.
 GATHERS = """
 import numpy as np
-from deeprg.distributed import init
+from deeprg.distributed import init, shutdown
 w = init()
 for counts in ((3, 3), (3, 2), (1, 4)):
     for dtype in (np.int8, np.float64):
@@ -308,6 +308,7 @@ for counts in ((3, 3), (3, 2), (1, 4)):
                 assert w.rank == 1
                 continue
             assert got.dtype == dtype and got.shape == want.shape and np.array_equal(got, want), (counts, dtype)
+shutdown(finished=True)
 print("ok", w.rank)
 """
 

@@ -320,10 +320,19 @@ def current() -> World:
     return _current
 
 
-def shutdown() -> None:
-    """Leave the process group (no-op on one process)."""
+def shutdown(finished: bool = False) -> None:
+    """Leave the process group (no-op on one process). ``finished``: every process completed
+    the command; they then meet at a barrier first, so that none tears its connections down
+    while another still finishes (rank 0 writing the results): a process leaving alone while its
+    peer is still connected can die in gloo's teardown (``terminate called without an active
+    exception``, SIGABRT). After an error there is no barrier (the others may be gone)."""
     global _current
     if _current.distributed and torch.distributed.is_initialized():
+        if finished:
+            try:
+                torch.distributed.barrier()
+            except (RuntimeError, OSError):  # another process left already: nothing to wait for
+                pass
         torch.distributed.destroy_process_group()
     _current = SINGLE
 

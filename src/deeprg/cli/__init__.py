@@ -77,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         from deeprg.distributed import DistributedMismatch, PeerLost
 
         mismatch, lost = (DistributedMismatch,), (PeerLost,)
+    status = None
     try:
-        return args.run(args)
+        status = args.run(args)
+        return status
     except (UsageError, DatasetError, ConfigError, CheckpointMismatch, argparse.ArgumentTypeError, *mismatch) as err:
         parser.exit(2, f"deeprg: error: {err}\n")
     except lost as err:
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if joined:
             from deeprg import distributed
 
-            distributed.shutdown()
+            distributed.shutdown(finished=status == 0)
 
 
 def _join_processes(args: argparse.Namespace, argv: list[str]) -> bool:
