@@ -161,6 +161,17 @@ def test_spins_with_value_zero(tmp_path):
     assert_rejected(path, "1 value(s) other than -1/+1", "e.g. 0")
 
 
+@pytest.mark.parametrize("bad_at", [[10, 5_000_000, 5_000_001], [5_000_000], [2**22 - 1, 2**22]])
+def test_bad_spins_are_counted_and_the_first_named_across_the_chunks_of_a_large_array(tmp_path, bad_at):
+    """5 x 1024^2 spins: more than one 4 MB chunk of the validation, bad values on both sides of
+    a chunk boundary; the count is the total and the example is the first in flat order."""
+    spins = np.ones((5, 1024, 1024), dtype=np.int8)
+    spins.reshape(-1)[bad_at] = [3 + k for k in range(len(bad_at))]
+    meta = {**make_dataset().metadata, "lattice_shape": [1024, 1024], "n": 5}
+    path = write_raw(tmp_path / "large.npz", spins, meta)
+    assert_rejected(path, f"{len(bad_at)} value(s) other than -1/+1", f"e.g. 3 at flat index {bad_at[0]})")
+
+
 def test_float_spins(tmp_path):
     ds = make_dataset()
     path = write_raw(tmp_path / "float.npz", ds.spins.astype(np.float32), ds.metadata)
