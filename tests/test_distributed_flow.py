@@ -236,3 +236,37 @@ def test_more_processes_than_smc_replicas_is_refused_with_exit_2(one_and_two):
     done = deeprg(*script_free, processes=3)
     assert done.returncode != 0
     assert "--replicas (2) must be at least the number of processes (3)" in done.stderr
+
+
+def test_independence_metropolis_on_two_processes_follows_the_one_process_chains(one_and_two):
+    import json
+
+    _, _, runs = one_and_two
+    argv = ("flow", "mh", runs[1], "--chains", "7", "--steps", "20", "--warmup", "3", "--seed", "2", "--json",
+            "--quiet")
+    one, two = deeprg(*argv), deeprg(*argv, processes=2)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert (a["processes"], b["processes"]) == (1, 2)
+    assert b["acceptance"] == pytest.approx(a["acceptance"], rel=1e-9)
+    for name in ("structure_factor", "energy_per_site"):
+        for part in ("mean", "error"):
+            assert b[name][part] == pytest.approx(a[name][part], rel=1e-9, abs=1e-12), name
+
+
+@pytest.mark.parametrize("n", [7, 1])  # 7 split 4 + 3; 1 sample, fewer than processes: not split
+def test_flow_samples_on_two_processes_equal_one_and_only_rank_zero_writes(one_and_two, tmp_path, n):
+    import numpy as np
+
+    _, _, runs = one_and_two
+    out = {}
+    for processes in (1, 2):
+        path = tmp_path / str(processes) / "samples.npz"
+        path.parent.mkdir()
+        done = deeprg("flow", "sample", runs[1], "--n", n, "--seed", "4", "--out", path, processes=processes)
+        assert done.returncode == 0, done.stderr
+        assert sorted(p.name for p in path.parent.iterdir()) == ["samples.npz", "samples.png"]
+        out[processes] = np.load(path)
+    assert out[2]["x"].shape == (n, 4, 4)
+    np.testing.assert_allclose(out[2]["x"], out[1]["x"], rtol=1e-6, atol=1e-6)
+    assert np.array_equal(out[2]["spins"], out[1]["spins"])

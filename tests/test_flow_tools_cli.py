@@ -183,7 +183,7 @@ def test_sample_writes_npz_and_png_beside_it_and_json(cli, run, tmp_path):
     assert status == 0
     s = _strict_json(out)
     assert s == {"samples": 6, "seed": 0, "shape": [6, 4, 4], "out": str(tmp_path / "s.npz"),
-                 "picture": str(tmp_path / "s.png")}
+                 "picture": str(tmp_path / "s.png"), "processes": 1}
     assert np.load(tmp_path / "s.npz", allow_pickle=False)["x"].shape == (6, 4, 4)
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 

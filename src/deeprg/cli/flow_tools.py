@@ -139,7 +139,7 @@ def add_actions(actions: argparse._SubParsersAction) -> None:
     m.add_argument("--out", required=True,
                    help="output NAME.npz (x: float32 fields, spins: int8); in 2D a picture NAME.png beside it")
     _add_run_options(m, threads=False, quiet=False)
-    m.set_defaults(run=_exit_1_on_non_finite(run_sample))
+    m.set_defaults(run=_exit_1_on_non_finite(run_sample), distributed=True)
 
     h = actions.add_parser("hmc", help="hybrid Monte Carlo in the latent or the physical space")
     h.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
@@ -169,7 +169,7 @@ def add_actions(actions: argparse._SubParsersAction) -> None:
     i.add_argument("--steps", type=int, default=2000, help=f"production steps, at least {MIN_STEPS} [2000]")
     i.add_argument("--warmup", type=int_at_least(0), default=100, help="steps discarded first [100]")
     _add_run_options(i)
-    i.set_defaults(run=_exit_1_on_non_finite(run_mh))
+    i.set_defaults(run=_exit_1_on_non_finite(run_mh), distributed=True)
 
     a = actions.add_parser("analyze", help="response maps and mutual information of the latent variables")
     a.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
@@ -430,6 +430,9 @@ def run_estimate(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    from deeprg.distributed import current
+
+    world = current()
     out = writable_file(args.out, "--out")
     if out.suffix.lower() != ".npz":
         raise UsageError(f"--out: {args.out!r} must end in .npz (the samples; in 2D a picture NAME.png goes "
@@ -440,9 +443,19 @@ def run_sample(args: argparse.Namespace) -> int:
         writable_file(str(png), "--out")
         _spare_run(args, "--out", png)
     gen = torch.Generator(device=trainer.device).manual_seed(args.seed)
+    split = world.distributed and args.n >= world.size
+    with torch.no_grad():  # each process pushes its share of the latents through the flow
+        x, _ = trainer.flow.sample_and_log_prob(args.n, gen, rows=world.share(args.n) if split else None)
+    if world.any(not bool(torch.isfinite(x).all())):
+        raise _non_finite(args, "fields")
+    if split:
+        x = world.gather_rows(x.cpu().numpy())
+        if not world.main:
+            return 0
+        x = torch.from_numpy(x).to(trainer.device)
+    elif not world.main:
+        return 0
     with torch.no_grad():
-        x = trainer.flow.sample(args.n, gen)
-        _check_fields(args, x)
         spins = trainer.target.sample_spins(x, gen)
     x_np, s_np = x.float().cpu().numpy(), spins.cpu().numpy()
     with atomic_path(out) as tmp:
@@ -452,9 +465,11 @@ def run_sample(args: argparse.Namespace) -> int:
         field_grid(np.concatenate([x_np[:32], s_np[:32].astype(np.float32) * np.abs(x_np).max()]), png,
                    title=f"flow samples: fields x (first rows) and spins s ~ pi(s|x), L={trainer.cfg.L}")
     if args.json:
-        print_json({"samples": args.n, "seed": args.seed, "shape": list(x_np.shape), "out": out, "picture": png})
+        print_json({"samples": args.n, "seed": args.seed, "shape": list(x_np.shape), "out": out, "picture": png,
+                    "processes": world.size})
         return 0
-    print(f"wrote {args.n} samples to {out}" + (f" and {png}" if png is not None else ""))
+    print(f"wrote {args.n} samples to {out}" + (f" and {png}" if png is not None else "")
+          + (f" ({world.size} processes)" if world.distributed else ""))
     return 0
 
 
@@ -503,21 +518,29 @@ def _hmc_summary(result, seconds: float) -> tuple[dict, dict]:
 
 
 def run_mh(args: argparse.Namespace) -> int:
+    from deeprg.distributed import current
+
     _check_steps(args)
+    world = current()
+    if not world.main:
+        args.quiet = True
     trainer = _load(args)
     gen = torch.Generator(device=trainer.device).manual_seed(args.seed)
     t0 = time.perf_counter()
     try:
         with _bar(args, "independence Metropolis", "step") as bar:
             result = independence_metropolis(trainer.flow, trainer.target, args.warmup + args.steps, args.chains,
-                                             ising_observables(trainer.target, gen), gen, callback=_progress(bar))
+                                             ising_observables(trainer.target, gen), gen, callback=_progress(bar),
+                                             world=world)
     except FloatingPointError:
         raise _non_finite(args, "importance weights") from None
+    if not world.main:
+        return 0
     production = {name: series[args.warmup:] for name, series in result.series.items()}
     summary, stats = _chain_summary(production, float(result.acceptance[args.warmup:].mean()),
                                     time.perf_counter() - t0)
     reference = ising_reference(trainer.target.lattice, trainer.cfg.beta, seed=args.seed)
-    summary.update(chains=args.chains, steps=args.steps, warmup=args.warmup, seed=args.seed,
+    summary.update(chains=args.chains, steps=args.steps, warmup=args.warmup, seed=args.seed, processes=world.size,
                    reference={name: {"mean": est.mean, "error": est.error} for name, est in reference.items()})
     if args.json:
         print_json(summary)

@@ -158,18 +158,29 @@ def importance_ln_z(
     observables = dict(observables or {})
     log_w, values = [], {k: [] for k in observables}
     for start in range(0, n_samples, batch):
-        n = min(batch, n_samples - start)
-        split = world.distributed and n >= world.size
-        x, log_q = flow.sample_and_log_prob(n, generator, rows=world.share(n) if split else None)
-        lw = target.log_prob_unnormalized(x) - log_q
-        if split:
-            x, lw = _gather_rows(world, x), _gather_rows(world, lw)
+        x, lw = _weighted_draw(flow, target, min(batch, n_samples - start), generator, world)
         log_w.append(lw.double().cpu())
         for name, fn in observables.items():
             values[name].append(fn(x).double().cpu())
         if callback is not None:
             callback(start + len(x), n_samples)
     return weighted_estimate(torch.cat(log_w), {k: torch.cat(v) for k, v in values.items()})
+
+
+def _weighted_draw(flow: Flow, target, n: int, generator: torch.Generator | None, world: World
+                   ) -> tuple[Tensor, Tensor]:
+    """``n`` flow samples ``x`` and their log importance weights ``ln pi(x) - ln q(x)``, shapes
+    ``(n, *event_shape)`` and ``(n,)``, on every process of ``world`` (a collective there): every
+    process draws all ``n`` latents from ``generator`` and pushes its rows ``world.share(n)``
+    through the flow and the target; the rows are then gathered in order, so ``generator`` ends
+    as on one process and the result is the one-process draw up to the rounding of row-wise
+    arithmetic in batches of other sizes."""
+    split = world.distributed and n >= world.size
+    x, log_q = flow.sample_and_log_prob(n, generator, rows=world.share(n) if split else None)
+    log_w = target.log_prob_unnormalized(x) - log_q
+    if split:
+        x, log_w = _gather_rows(world, x), _gather_rows(world, log_w)
+    return x, log_w
 
 
 def _gather_rows(world: World, t: Tensor) -> Tensor:
@@ -210,31 +221,38 @@ def independence_metropolis(
     observables: dict[str, Callable[[Tensor], Tensor]] | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[int, int], None] | None = None,
+    world: World | None = None,
 ) -> IndependenceMHResult:
     """Independence Metropolis-Hastings with proposals drawn from ``flow`` (exact for ``pi``).
     ``callback(step, n_steps)`` is called after every step (e.g. a progress bar). Raises
     :class:`FloatingPointError` when a log importance weight ``ln pi(x) - ln q(x)`` of the
     starting states or of a proposal is not finite (a broken flow: such a proposal would never be
-    accepted, and the chains would report the observables of the broken states)."""
+    accepted, and the chains would report the observables of the broken states).
+
+    On several processes (``world``, default :func:`deeprg.distributed.current`; a collective)
+    each step's proposals are drawn and weighed as in :func:`importance_ln_z`: every process
+    pushes its share of the chains through the flow and the target and the proposals are
+    gathered, while the accept decisions and the observables, whose random numbers every process
+    draws alike, run on all chains everywhere. Every process then follows the one-process chains
+    (up to the rounding of row-wise arithmetic in batches of other sizes)."""
     if n_steps < 1 or chains < 1:
         raise ValueError(f"n_steps and chains must be >= 1, got {n_steps} and {chains}")
+    world = current() if world is None else world
     observables = dict(observables or {})
 
-    def log_weights(x: Tensor, log_q: Tensor) -> Tensor:
-        log_w = target.log_prob_unnormalized(x) - log_q
+    def propose() -> tuple[Tensor, Tensor]:
+        x, log_w = _weighted_draw(flow, target, chains, generator, world)
         if not torch.isfinite(log_w).all():
             raise FloatingPointError("non-finite importance weights of flow samples: the flow or the target "
                                      "returned inf/nan")
-        return log_w
+        return x, log_w
 
-    x, log_q = flow.sample_and_log_prob(chains, generator)
-    log_w = log_weights(x, log_q)
+    x, log_w = propose()
     series: dict[str, list[Tensor]] = {k: [] for k in observables}
     acceptance = []
     shape = (chains,) + (1,) * (x.dim() - 1)
     for step in range(n_steps):
-        x_new, log_q_new = flow.sample_and_log_prob(chains, generator)
-        log_w_new = log_weights(x_new, log_q_new)
+        x_new, log_w_new = propose()
         prob = (log_w_new - log_w).clamp(max=0.0).exp()
         u = torch.rand(chains, generator=generator, device=x.device, dtype=x.dtype)
         accept = u < prob
