@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -41,6 +42,13 @@ def deeprg(*argv, processes: int = 1, timeout: float = 240, **kwargs) -> subproc
                           **kwargs)
 
 
+def _on_one_and_two(*argv) -> tuple[dict, dict]:
+    """The JSON summaries of ``deeprg argv`` on one process and on two."""
+    one, two = deeprg(*argv), deeprg(*argv, processes=2)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    return json.loads(one.stdout), json.loads(two.stdout)
+
+
 def _flow_state(run: Path) -> dict:
     return torch.load(run / "checkpoint.pt", weights_only=True)
 
@@ -74,8 +82,6 @@ def test_two_processes_train_the_same_flow_as_one(one_and_two):
 
 
 def test_only_rank_zero_writes_and_the_config_records_the_processes(one_and_two):
-    import json
-
     _, _, runs = one_and_two
     assert sorted(p.name for p in runs[2].iterdir()) == sorted(p.name for p in runs[1].iterdir())
     assert json.loads((runs[2] / "config.json").read_text())["processes"] == 2
@@ -174,13 +180,9 @@ def test_sigterm_to_one_process_stops_both_with_a_checkpoint_that_resumes(tmp_pa
 
 
 def test_importance_sampling_on_two_processes_equals_one(one_and_two):
-    import json
-
     _, _, runs = one_and_two
     argv = ("flow", "estimate", runs[1], "--method", "is", "--samples", "3000", "--seed", "5", "--json", "--quiet")
-    one, two = deeprg(*argv), deeprg(*argv, processes=2)
-    assert one.returncode == 0 and two.returncode == 0, two.stderr
-    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    a, b = _on_one_and_two(*argv)
     assert b["processes"] == 2
     for key in ("ln_z", "structure_factor", "energy_per_site"):
         for part in ("mean", "error"):
@@ -199,13 +201,9 @@ ESTIMATES = {
 
 @pytest.mark.parametrize("method", ESTIMATES)
 def test_every_estimator_on_two_processes_equals_one(one_and_two, method):
-    import json
-
     _, _, runs = one_and_two
     argv = ("flow", "estimate", runs[1], *ESTIMATES[method], "--seed", "5", "--json", "--quiet")
-    one, two = deeprg(*argv), deeprg(*argv, processes=2)
-    assert one.returncode == 0 and two.returncode == 0, two.stderr
-    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    a, b = _on_one_and_two(*argv)
     assert b["processes"] == 2
     if method == "smc":  # whole replicas per process: the same arithmetic
         assert b["ln_z"] == a["ln_z"] and b["ln_z_replicas"] == a["ln_z_replicas"]
@@ -215,14 +213,10 @@ def test_every_estimator_on_two_processes_equals_one(one_and_two, method):
 
 
 def test_latent_hmc_on_two_processes_follows_the_one_process_chains(one_and_two):
-    import json
-
     _, _, runs = one_and_two
     argv = ("flow", "hmc", runs[1], "--chains", "6", "--steps", "10", "--warmup", "5", "--seed", "2", "--json",
             "--quiet")
-    one, two = deeprg(*argv), deeprg(*argv, processes=2)
-    assert one.returncode == 0 and two.returncode == 0, two.stderr
-    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    a, b = _on_one_and_two(*argv)
     assert b["processes"] == 2
     assert b["acceptance"] == pytest.approx(a["acceptance"], rel=1e-9)
     assert b["step_size"] == pytest.approx(a["step_size"], rel=1e-9)
@@ -239,14 +233,10 @@ def test_more_processes_than_smc_replicas_is_refused_with_exit_2(one_and_two):
 
 
 def test_independence_metropolis_on_two_processes_follows_the_one_process_chains(one_and_two):
-    import json
-
     _, _, runs = one_and_two
     argv = ("flow", "mh", runs[1], "--chains", "7", "--steps", "20", "--warmup", "3", "--seed", "2", "--json",
             "--quiet")
-    one, two = deeprg(*argv), deeprg(*argv, processes=2)
-    assert one.returncode == 0 and two.returncode == 0, two.stderr
-    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    a, b = _on_one_and_two(*argv)
     assert (a["processes"], b["processes"]) == (1, 2)
     assert b["acceptance"] == pytest.approx(a["acceptance"], rel=1e-9)
     for name in ("structure_factor", "energy_per_site"):
