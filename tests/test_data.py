@@ -14,7 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deeprg
-from deeprg.data import FORMAT, REQUIRED_KEYS, DatasetError, SpinDataset, load_dataset, save_dataset
+from deeprg.data import (
+    FORMAT,
+    REQUIRED_KEYS,
+    DatasetError,
+    NpzArchive,
+    SpinDataset,
+    SpinWriter,
+    load_dataset,
+    open_dataset,
+    save_dataset,
+)
 from deeprg.lattice import Lattice
 
 
@@ -112,6 +122,164 @@ def test_round_trip_property(shape, n, seed, tau, K):
     np.testing.assert_array_equal(loaded.spins, spins)
     assert loaded.metadata == ds.metadata
     assert loaded.lattice.shape == shape
+
+
+# ---- streaming ------------------------------------------------------------------------------
+
+
+def stored_npz(path: Path, spins: np.ndarray, metadata) -> Path:
+    """The dataset as an uncompressed archive (``np.savez``): zip members that seek cheaply."""
+    np.savez(path, spins=spins, metadata=np.array(json.dumps(metadata)))
+    return path
+
+
+@pytest.mark.parametrize("writer", ["compressed", "stored", "fortran"])
+@settings(max_examples=30, deadline=None)
+@given(start=st.integers(-40, 40), stop=st.integers(-40, 40), size=st.integers(1, 40))
+def test_streamed_chunks_are_the_rows_of_the_file(writer, start, stop, size):
+    """Any slice of rows and any chunk size: the chunks, joined, are those rows of the data, each
+    chunk at most ``size`` long; for archives written by save_dataset, by np.savez, and for a
+    Fortran-ordered array written by another program."""
+    ds = make_dataset(shape=(3, 5), n=37)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "a.npz"
+        if writer == "compressed":
+            save_dataset(path, ds)
+        elif writer == "stored":
+            stored_npz(path, ds.spins, ds.metadata)
+        else:
+            write_raw(path, np.asfortranarray(ds.spins), ds.metadata)
+        with open_dataset(path, model="ising", d=2) as f:
+            assert f.n == 37 and f.metadata == ds.metadata
+            chunks = list(f.chunks(slice(start, stop), size))
+    expected = ds.spins[start:stop]
+    assert all(0 < len(c) <= size and c.dtype == np.int8 for c in chunks)
+    joined = np.concatenate(chunks) if chunks else np.empty((0, 3, 5), np.int8)
+    np.testing.assert_array_equal(joined, expected)
+
+
+def test_streaming_names_the_first_bad_configuration_it_reaches(tmp_path):
+    """A bad value is reported by the chunk that holds it, with its flat index and configuration;
+    rows outside the slice read are not checked (they are decompressed, never looked at)."""
+    ds = make_dataset(shape=(4, 6), n=50)
+    spins = ds.spins.copy()
+    spins[7, 1, 2] = 5
+    path = write_raw(tmp_path / "bad.npz", spins, ds.metadata)
+    with open_dataset(path) as f:
+        assert len(list(f.chunks(slice(8, None), 4))) == 11
+        chunks = f.chunks(slice(2, None), 4)
+        assert next(chunks).shape == (4, 4, 6)
+        with pytest.raises(DatasetError, match=r"bad\.npz: spins contain a value other than -1/\+1: 5 at flat index "
+                           rf"{7 * 24 + 8} \(configuration 7\)"):
+            next(chunks)
+
+
+def test_damaged_compressed_data_is_a_dataset_error_when_streamed(tmp_path):
+    """Bytes flipped in the middle of the compressed spins: the header still reads, the stream
+    fails with a one-line DatasetError naming the file (zlib's error or the CRC check)."""
+    ds = make_dataset(shape=(16, 16), n=400)
+    path = save_dataset(tmp_path / "a.npz", ds)
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 64] = bytes(64)
+    path.write_bytes(bytes(raw))
+    with open_dataset(path) as f:
+        with pytest.raises(DatasetError) as info:
+            for _ in f.chunks(size=50):
+                pass
+    assert str(path) in str(info.value) and "cannot read array data" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_open_checks_metadata_and_header_without_reading_the_spins(tmp_path, monkeypatch):
+    """open_dataset refuses bad metadata, dtype and shape, and reads no spin data to do so."""
+    ds = make_dataset()
+    path = write_raw(tmp_path / "float.npz", ds.spins.astype(np.float32), ds.metadata)
+    with pytest.raises(DatasetError, match="spins must be int8"):
+        open_dataset(path)
+    good = save_dataset(tmp_path / "good.npz", ds)
+
+    read, arrays_read = NpzArchive.read, []
+
+    def recording_read(self, name, *args, **kwargs):
+        arrays_read.append(name)
+        return read(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(NpzArchive, "read", recording_read)
+    with open_dataset(good, lattice_shape=(4, 6)) as f:
+        assert (f.n, f.lattice) == (5, Lattice((4, 6)))
+    assert arrays_read == ["metadata"]
+    with pytest.raises(DatasetError, match=r"lattice_shape is \[4, 6\], expected \[6, 4\]"):
+        open_dataset(good, lattice_shape=(6, 4))
+
+
+def test_chunks_refuse_bad_arguments(tmp_path):
+    path = save_dataset(tmp_path / "a.npz", make_dataset())
+    with open_dataset(path) as f:
+        with pytest.raises(ValueError, match="step 1"):
+            next(f.chunks(slice(0, 5, 2)))
+        with pytest.raises(ValueError, match="size must be >= 1"):
+            next(f.chunks(size=0))
+
+
+# ---- streamed writing -----------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(1, 36), max_size=6, unique=True), order=st.randoms(use_true_random=False))
+def test_writer_assembles_pieces_put_in_any_order(cuts, order):
+    """The rows cut into pieces at ``cuts`` and put in a random order give the file save_dataset
+    writes for the whole array; the staging file is gone afterwards."""
+    ds = make_dataset(shape=(3, 5), n=37)
+    edges = [0, *sorted(cuts), 37]
+    pieces = list(zip(edges[:-1], edges[1:]))
+    order.shuffle(pieces)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "a.npz"
+        with SpinWriter(path, 37, (3, 5)) as writer:
+            for a, b in pieces:
+                writer.put(a, ds.spins[a:b])
+            assert writer.finish(ds.metadata) == path
+        loaded = load_dataset(path)
+        assert sorted(os.listdir(d)) == ["a.npz"]
+    np.testing.assert_array_equal(loaded.spins, ds.spins)
+    assert loaded.metadata == ds.metadata
+
+
+def test_writer_refuses_bad_pieces_and_missing_rows_and_leaves_no_file(tmp_path):
+    ds = make_dataset(shape=(4, 6), n=10)
+    path = tmp_path / "a.npz"
+    save_dataset(path, make_dataset(shape=(4, 6), n=3, seed=9))  # an old file, kept on failure
+    bad = ds.spins[:2].copy()
+    bad[1, 0, 0] = 0
+    with SpinWriter(path, 10, (4, 6)) as writer:
+        with pytest.raises(DatasetError, match=r"rows 9\.\.10 are outside 0\.\.9"):
+            writer.put(9, ds.spins[:2])
+        with pytest.raises(DatasetError, match="1 value\\(s\\) other than -1/\\+1"):
+            writer.put(0, bad)
+        with pytest.raises(DatasetError, match=r"spins shape \(2, 6, 4\) does not match"):
+            writer.put(0, ds.spins[:2].reshape(2, 6, 4))
+        writer.put(0, ds.spins[:4])
+        writer.put(6, ds.spins[6:])
+        with pytest.raises(DatasetError, match="2 of 10 configurations were never put \\(the first: row 4\\)"):
+            writer.finish(ds.metadata)
+        assert len(os.listdir(tmp_path)) == 2  # the old file and the staging file
+    assert os.listdir(tmp_path) == ["a.npz"]
+    assert load_dataset(path).n == 3
+
+
+def test_writer_refuses_metadata_of_another_lattice_and_cleans_up_on_an_exception(tmp_path):
+    ds = make_dataset(shape=(4, 6), n=4)
+    path = tmp_path / "a.npz"
+    with pytest.raises(KeyboardInterrupt):
+        with SpinWriter(path, 4, (4, 6)) as writer:
+            writer.put(0, ds.spins)
+            with pytest.raises(DatasetError, match="does not match metadata lattice_shape"):
+                writer.finish({**ds.metadata, "lattice_shape": [6, 4]})
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(DatasetError, match="does not exist"):
+        SpinWriter(tmp_path / "no" / "a.npz", 4, (4, 6))
 
 
 # ---- rejection of bad files ----------------------------------------------------------------
@@ -264,11 +432,11 @@ def test_failed_write_leaves_no_temp_file_and_keeps_old_file(tmp_path, monkeypat
     old = make_dataset(seed=1)
     save_dataset(path, old)
 
-    def broken_savez(file, **arrays):
+    def broken_write(file, array, **kwargs):  # after the spins: a partial archive is on disk
         file.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(np, "savez_compressed", broken_savez)
+    monkeypatch.setattr(np.lib.format, "write_array", broken_write)
     with pytest.raises(DatasetError, match="writing failed: OSError: disk full") as info:
         save_dataset(path, make_dataset(seed=2))
     assert str(path) in str(info.value)

@@ -258,3 +258,33 @@ def test_mcrg_with_the_default_and_an_explicit_cpu_device_agree(cli, files):
         results.append(json.loads(out))
     assert results[0]["device"] == results[1]["device"] == "cpu"
     assert results[0]["per_parameter"] == results[1]["per_parameter"]
+
+
+def test_mcrg_streams_the_data_holding_about_one_chunk_in_memory(cli, tmp_path):
+    """40000 random 32x32 configurations (41 MB of spins): the command reads them from the file
+    chunk by chunk (4096 configurations, 4 MB), so its peak of traced allocations stays well below
+    the size of the data, and the exponents are those of the same data held in memory."""
+    import tracemalloc
+
+    import numpy as np
+
+    import deeprg.cli.mcrg  # noqa: F401  (imported before tracing: module objects are not the data)
+    from deeprg.rsrg.mcrg import mcrg
+    from deeprg.rsrg.transforms import MajorityRule
+
+    spins = np.random.default_rng(5).choice(np.array([-1, 1], dtype=np.int8), size=(40_000, 32, 32))
+    path = save_dataset(tmp_path / "big.npz", SpinDataset.new(spins, K=K_C, sampler="random",
+                                                              updates_between_samples=1, seed=5))
+    expected = mcrg(spins, [MajorityRule()], levels=1, n_blocks=4)[0].to_dict()
+    del spins
+    tracemalloc.start()
+    try:
+        status, out, err = cli("mcrg", "--data", path, "--transform", "majority", "--levels", "1", "--blocks", "4",
+                               "--quiet", "--json")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert status == 0, err
+    summary = json.loads(out)
+    assert summary["y_t"] == expected["y_t"] and summary["y_h"] == expected["y_h"]
+    assert peak < 41e6 / 2, f"peak {peak / 1e6:.1f} MB"

@@ -1,21 +1,24 @@
 """Spin datasets on disk.
 
-File format ``deeprg.spins/1``: an ``.npz`` archive (``np.savez_compressed``) with exactly the
-arrays
+File format ``deeprg.spins/1``: an ``.npz`` archive (DEFLATE-compressed members, as
+``np.savez_compressed`` writes them) with exactly the arrays
 
 * ``spins``: ``int8`` array of shape ``(n, *lattice_shape)``, ``n >= 1``, values ``-1``/``+1``
   (the package convention of :mod:`deeprg.models.ising`);
 * ``metadata``: 0-d unicode array holding a JSON object with at least the keys in
   :data:`REQUIRED_KEYS` (extra keys are allowed and preserved).
 
-Files are written atomically (temporary file in the target directory, then ``os.replace``) and
-read through :func:`open_npz`, the one checked reader of ``.npz`` files in the package (also used
+Files are written atomically (temporary file in the target directory, then ``os.replace``), the
+spins streamed into the archive in chunks (:func:`save_dataset` from memory, :class:`SpinWriter`
+from pieces staged on disk), and read through :func:`open_npz`, the one checked reader of ``.npz`` files in the package (also used
 by :func:`deeprg.cora.datasets.load_binary`). It treats every file as possibly hostile: before an
 array is allocated, its ``.npy`` header is read and the byte size it claims is compared with
 what the zip member holds and with :data:`MAX_ARRAY_BYTES`; arrays of Python objects (pickles)
 are refused; the metadata JSON is limited to :data:`MAX_METADATA_CHARS` characters and
 :data:`MAX_METADATA_DEPTH` levels of nesting before it is parsed. Every problem with a file is
 reported as a :class:`DatasetError` whose one-line message starts with the path.
+:func:`open_dataset` reads the metadata and the header only, and :meth:`SpinFile.chunks` streams
+the configurations (one chunk in memory) for readers of files larger than memory.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import re
 import secrets
 import zipfile
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,9 +49,14 @@ __all__ = [
     "MAX_METADATA_DEPTH",
     "REQUIRED_KEYS",
     "DatasetError",
+    "NpyHeader",
     "NpzArchive",
     "SpinDataset",
+    "SpinFile",
+    "SpinWriter",
+    "dataset_metadata",
     "load_dataset",
+    "open_dataset",
     "open_npz",
     "parse_metadata",
     "save_dataset",
@@ -123,40 +132,12 @@ class SpinDataset:
     metadata: dict[str, Any]
 
     @classmethod
-    def new(
-        cls,
-        spins: np.ndarray,
-        *,
-        K: float,
-        sampler: str,
-        updates_between_samples: int,
-        seed: int,
-        n_chains: int = 1,
-        tau_int: float | None = None,
-        model: str = "ising",
-        **extra: Any,
-    ) -> SpinDataset:
-        """Dataset with metadata filled in: ``format``, ``lattice_shape`` and ``d`` from
-        ``spins.shape[1:]``, the installed ``deeprg_version`` and ``created`` = now (UTC).
-        ``extra`` keyword arguments become additional metadata keys."""
+    def new(cls, spins: np.ndarray, **metadata: Any) -> SpinDataset:
+        """Dataset of ``spins`` with the metadata of :func:`dataset_metadata` (keyword arguments
+        ``K``, ``sampler``, ``updates_between_samples``, ``seed``, optional ``n_chains``,
+        ``tau_int``, ``model`` and extra keys) for the lattice ``spins.shape[1:]``."""
         spins = np.asarray(spins)
-        shape = [int(s) for s in spins.shape[1:]]
-        metadata = {
-            "format": FORMAT,
-            "model": model,
-            "lattice_shape": shape,
-            "d": len(shape),
-            "K": float(K),
-            "sampler": sampler,
-            "updates_between_samples": int(updates_between_samples),
-            "seed": int(seed),
-            "n_chains": int(n_chains),
-            "tau_int": None if tau_int is None else float(tau_int),
-            "deeprg_version": deeprg.__version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **extra,
-        }
-        return cls(spins, metadata)
+        return cls(spins, dataset_metadata(spins.shape[1:], **metadata))
 
     @property
     def n(self) -> int:
@@ -167,6 +148,39 @@ class SpinDataset:
     def lattice(self) -> Lattice:
         """The :class:`Lattice` of ``metadata["lattice_shape"]``."""
         return Lattice(tuple(self.metadata["lattice_shape"]))
+
+
+def dataset_metadata(
+    lattice_shape: tuple[int, ...],
+    *,
+    K: float,
+    sampler: str,
+    updates_between_samples: int,
+    seed: int,
+    n_chains: int = 1,
+    tau_int: float | None = None,
+    model: str = "ising",
+    **extra: Any,
+) -> dict[str, Any]:
+    """The metadata of a dataset on lattice ``lattice_shape`` (the keys of :class:`SpinDataset`):
+    ``format``, ``lattice_shape`` and ``d`` filled in, the installed ``deeprg_version`` and
+    ``created`` = now (UTC); ``extra`` keyword arguments become additional keys."""
+    shape = [int(s) for s in lattice_shape]
+    return {
+        "format": FORMAT,
+        "model": model,
+        "lattice_shape": shape,
+        "d": len(shape),
+        "K": float(K),
+        "sampler": sampler,
+        "updates_between_samples": int(updates_between_samples),
+        "seed": int(seed),
+        "n_chains": int(n_chains),
+        "tau_int": None if tau_int is None else float(tau_int),
+        "deeprg_version": deeprg.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
 
 
 def _is_int(v: Any) -> bool:
@@ -226,15 +240,22 @@ def _metadata_problem(meta: Any) -> str | None:
     return None
 
 
-def _spins_problem(spins: np.ndarray, shape: list[int]) -> str | None:
-    """What is wrong with ``spins`` for lattice ``shape`` (one line), or ``None``."""
-    if spins.dtype != np.int8:
-        return f"spins must be int8, got {spins.dtype}"
-    if spins.ndim != len(shape) + 1 or list(spins.shape[1:]) != list(shape):
-        expected = "(n, " + ", ".join(str(s) for s in shape) + ")"
-        return f"spins shape {spins.shape} does not match metadata lattice_shape {expected}"
-    if spins.shape[0] < 1:
-        return f"spins hold no configurations (shape {spins.shape}, need n >= 1)"
+def _layout_problem(shape: tuple[int, ...], dtype: np.dtype, lattice_shape: list[int]) -> str | None:
+    """What is wrong with spins of array ``shape`` and ``dtype`` for lattice ``lattice_shape`` (one
+    line), or ``None``; the values are not looked at (:func:`_values_problem`)."""
+    if dtype != np.int8:
+        return f"spins must be int8, got {dtype}"
+    if len(shape) != len(lattice_shape) + 1 or list(shape[1:]) != list(lattice_shape):
+        expected = "(n, " + ", ".join(str(s) for s in lattice_shape) + ")"
+        return f"spins shape {tuple(shape)} does not match metadata lattice_shape {expected}"
+    if shape[0] < 1:
+        return f"spins hold no configurations (shape {tuple(shape)}, need n >= 1)"
+    return None
+
+
+def _bad_values(spins: np.ndarray) -> tuple[int, int]:
+    """The number of entries of the int8 array ``spins`` other than -1/+1 and the flat index of the
+    first (``-1`` if none)."""
     # counted in chunks of 4 MB: boolean masks of the whole array (2 x 10^8 spins for 10^5 32^3
     # configurations) would cost ~25x more time than the count itself
     flat, step = spins.reshape(-1), 1 << 22
@@ -246,12 +267,23 @@ def _spins_problem(spins: np.ndarray, shape: list[int]) -> str | None:
             n_bad += chunk.size - good
             if first < 0:
                 first = start + int(np.flatnonzero((chunk != 1) & (chunk != -1))[0])
+    return n_bad, first
+
+
+def _values_problem(spins: np.ndarray) -> str | None:
+    """What is wrong with the values of the int8 array ``spins`` (one line), or ``None``."""
+    n_bad, first = _bad_values(spins)
     if n_bad:
         return (
             f"spins contain {n_bad} value(s) other than -1/+1 "
-            f"(e.g. {int(flat[first])} at flat index {first})"
+            f"(e.g. {int(spins.reshape(-1)[first])} at flat index {first})"
         )
     return None
+
+
+def _spins_problem(spins: np.ndarray, lattice_shape: list[int]) -> str | None:
+    """What is wrong with ``spins`` for lattice ``lattice_shape`` (one line), or ``None``."""
+    return _layout_problem(spins.shape, spins.dtype, lattice_shape) or _values_problem(spins)
 
 
 def _validate(spins: np.ndarray, metadata: Any, path: Path) -> None:
@@ -264,7 +296,34 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-class NpzArchive:
+@dataclass(frozen=True)
+class NpyHeader:
+    """The checked header of one array of an ``.npz`` archive (:meth:`NpzArchive.header`):
+    its ``name``, ``shape``, ``dtype``, ``fortran_order``, and the byte ``offset`` of its data in
+    the zip member."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+    offset: int
+
+
+#: Bytes decompressed per read when streaming rows (:meth:`NpzArchive.rows`).
+_READ_BYTES = 1 << 20
+
+
+class _Closing:
+    """A context manager that calls ``self.close()`` on leaving the block."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class NpzArchive(_Closing):
     """Checked read access to the arrays of an ``.npz`` file; made by :func:`open_npz`, used as
     a context manager (closing the zip file).
 
@@ -282,23 +341,16 @@ class NpzArchive:
         }
         self.names = list(self._members)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         self._zip.close()
 
-    def read(self, name: str, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
-        """The array ``name`` (any shape and dtype the ``.npy`` header states).
+    def header(self, name: str, max_bytes: int = MAX_ARRAY_BYTES) -> NpyHeader:
+        """The checked ``.npy`` header of array ``name``, nothing else read.
 
-        Before anything is allocated, the header is read and refused (:class:`DatasetError`
-        naming the file and the array) if the array holds Python objects (it would need
-        unpickling), or claims more bytes than ``max_bytes`` or than the zip member holds
-        (uncompressed size from the zip directory, itself checked against the compressed size
-        for stored and DEFLATE members)."""
+        Refused (:class:`DatasetError` naming the file and the array) if the array holds Python
+        objects (it would need unpickling), or claims more bytes than ``max_bytes`` or than the zip
+        member holds (uncompressed size from the zip directory, itself checked against the
+        compressed size for stored and DEFLATE members)."""
         if name not in self._members:
             raise DatasetError(f"{self.path}: no array {name!r} (found: {', '.join(self.names) or 'none'})")
         info = self._members[name]
@@ -307,12 +359,12 @@ class NpzArchive:
             with self._zip.open(info) as fh:
                 version = np.lib.format.read_magic(fh)
                 if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
                 elif version == (2, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
                 else:
                     raise DatasetError(f"{where}: unsupported .npy format version {version[0]}.{version[1]}")
-                header = fh.tell()
+                offset = fh.tell()
         except DatasetError:
             raise
         except _READ_ERRORS as exc:
@@ -326,7 +378,7 @@ class NpzArchive:
         described = f"shape {tuple(shape)} of {dtype} claims {claimed} bytes"
         if claimed > max_bytes:
             raise DatasetError(f"{where}: {described}, more than the limit of {max_bytes} bytes")
-        held = info.file_size - header
+        held = info.file_size - offset
         if claimed > held:
             raise DatasetError(f"{where}: {described} but the zip member holds only {max(held, 0)} bytes of data")
         bound = {zipfile.ZIP_STORED: info.compress_size,
@@ -336,9 +388,44 @@ class NpzArchive:
                 f"{where}: the zip directory claims {info.file_size} bytes from {info.compress_size} compressed "
                 "bytes, more than the compression method can produce (forged directory)"
             )
+        return NpyHeader(name, tuple(shape), dtype, bool(fortran), offset)
+
+    def read(self, name: str, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+        """The array ``name`` (any shape and dtype the ``.npy`` header states), after
+        :meth:`header` has checked its header."""
+        self.header(name, max_bytes)
         try:
-            with self._zip.open(info) as fh:
+            with self._zip.open(self._members[name]) as fh:
                 return np.lib.format.read_array(fh, allow_pickle=False)
+        except _READ_ERRORS as exc:
+            raise DatasetError(f"{self.path}: cannot read array data: array {name!r}: {_one_line(exc)}") from exc
+
+    def rows(self, header: NpyHeader, start: int, stop: int, size: int) -> Iterator[np.ndarray]:
+        """Rows ``start .. stop - 1`` (first axis) of the C-ordered array of ``header`` (from
+        :meth:`header`), as consecutive arrays of at most ``size`` rows, read and decompressed as
+        they are consumed: memory holds one chunk, and rows before ``start`` are decompressed but
+        not kept. Raises :class:`DatasetError` if the data end early or cannot be decompressed."""
+        if header.fortran_order:
+            raise ValueError(f"array {header.name!r} is stored in Fortran order; rows are read from C-ordered arrays")
+        row_bytes = math.prod(header.shape[1:]) * header.dtype.itemsize
+        where = f"{self.path}: cannot read array data: array {header.name!r}"
+        try:
+            with self._zip.open(self._members[header.name]) as fh:
+                skip = header.offset + start * row_bytes
+                while skip:  # not fh.seek: it decompresses through buffers of 16 MB
+                    got = len(fh.read(min(skip, _READ_BYTES)))
+                    if not got:
+                        raise EOFError(f"the data end before row {start} of {header.shape[0]}")
+                    skip -= got
+                for first in range(start, stop, size):
+                    chunk = np.empty((min(size, stop - first), *header.shape[1:]), dtype=header.dtype)
+                    view, filled = memoryview(chunk).cast("B"), 0
+                    while filled < len(view):  # in pieces: read(n) builds n bytes by concatenation
+                        got = fh.readinto(view[filled : filled + _READ_BYTES])
+                        if not got:
+                            raise EOFError(f"the data end before row {first + len(chunk)} of {header.shape[0]}")
+                        filled += got
+                    yield chunk
         except _READ_ERRORS as exc:
             raise DatasetError(f"{where}: {_one_line(exc)}") from exc
 
@@ -410,6 +497,62 @@ def parse_metadata(meta_array: np.ndarray, path: str | os.PathLike[str]) -> Any:
         raise DatasetError(f"{path}: metadata is not valid JSON: {_one_line(exc)}") from exc
 
 
+def _temporary(path: Path, kind: str) -> tuple[Path, int]:
+    """A new file beside ``path`` (hidden, random name, opened exclusively for writing): its path
+    and descriptor. Raises :class:`DatasetError` naming ``path`` if the directory is missing, not
+    writable, or the file cannot be created."""
+    directory = path.parent
+    if not directory.is_dir():
+        raise DatasetError(f"{path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise DatasetError(f"{path}: directory {directory} is not writable")
+    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.{kind}"
+    try:
+        return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot write in {directory}: {_one_line(exc)}") from exc
+
+
+def _write_archive(path: Path, shape: tuple[int, ...], metadata: dict[str, Any], chunks: Iterable[np.ndarray]) -> Path:
+    """Write the ``deeprg.spins/1`` archive of ``(n, *lattice)`` int8 spins ``shape`` given as
+    consecutive C-ordered ``chunks`` of rows (already checked), and ``metadata``, to a temporary
+    file beside ``path``, then move it into place (``os.replace``): ``path`` is the old file or
+    the complete new one, and no temporary file is left on any failure. The spins are streamed
+    into the DEFLATE-compressed zip member (as ``np.savez_compressed`` stores them), so memory
+    holds one chunk."""
+    tmp, fd = _temporary(path, "tmp")
+    try:
+        with open(fd, "wb") as fh:
+            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+                with archive.open("spins.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array_header_1_0(
+                        member, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int8)), "fortran_order": False,
+                                 "shape": tuple(shape)})
+                    for chunk in chunks:
+                        member.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+                with archive.open("metadata.npy", "w") as member:
+                    np.lib.format.write_array(member, np.array(json.dumps(metadata, allow_nan=False)))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, zipfile.LargeZipFile)):
+            raise DatasetError(f"{path}: writing failed: {_one_line(exc)}") from exc
+        raise
+    return path
+
+
+#: Bytes of spins per chunk when an in-memory dataset or a staged one is written.
+_WRITE_BYTES = 1 << 20
+
+
+def _row_chunks(spins: np.ndarray) -> Iterator[np.ndarray]:
+    """Consecutive slices of rows of ``spins``, about :data:`_WRITE_BYTES` each."""
+    step = max(1, _WRITE_BYTES // max(1, spins[:1].nbytes))
+    return (spins[i : i + step] for i in range(0, len(spins), step))
+
+
 def save_dataset(path: str | os.PathLike[str], dataset: SpinDataset) -> Path:
     """Validate ``dataset`` and write it to exactly ``path`` (no suffix is added; use ``.npz``).
 
@@ -419,32 +562,189 @@ def save_dataset(path: str | os.PathLike[str], dataset: SpinDataset) -> Path:
     anything is written) or the directory is missing or not writable. Returns the path.
     """
     path = Path(path)
-    spins = np.asarray(dataset.spins)
+    spins = np.ascontiguousarray(dataset.spins)  # C order: SpinFile.chunks streams rows
     _validate(spins, dataset.metadata, path)
-    directory = path.parent
-    if not directory.is_dir():
-        raise DatasetError(f"{path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise DatasetError(f"{path}: directory {directory} is not writable")
-    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    return _write_archive(path, spins.shape, dataset.metadata, _row_chunks(spins))
+
+
+class SpinWriter(_Closing):
+    """A ``deeprg.spins/1`` file of ``n`` configurations of ``lattice_shape`` whose rows arrive in
+    pieces, in any order (e.g. chunks in time of several chains, stored chain after chain), without
+    holding them in memory.
+
+    :meth:`put` checks a piece and stages it on disk, in a temporary file beside ``path`` (``n``
+    times the sites bytes); :meth:`finish` checks that every row was put and the metadata, then
+    writes the archive (:func:`save_dataset`'s format, streamed from the staging file) and moves it
+    to ``path`` atomically. A context manager: leaving the block, normally or by an exception, removes
+    the staging file, and ``path`` is untouched unless :meth:`finish` completed. Memory: one piece,
+    and one bit per row.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], n: int, lattice_shape: tuple[int, ...]) -> None:
+        self.path, self.n, self.lattice_shape = Path(path), int(n), tuple(int(s) for s in lattice_shape)
+        if self.n < 1:
+            raise DatasetError(f"{self.path}: a dataset needs n >= 1 configurations, got {n}")
+        Lattice(self.lattice_shape)  # a ValueError naming the problem of a bad shape
+        self._row_bytes = math.prod(self.lattice_shape)
+        self._written = np.zeros(self.n, dtype=bool)
+        self._staging, fd = _temporary(self.path, "staging")
+        self._file = open(fd, "r+b")
+
+    def close(self) -> None:
+        """Remove the staging file (idempotent)."""
+        if not self._file.closed:
+            self._file.close()
+        self._staging.unlink(missing_ok=True)
+
+    def put(self, first: int, spins: np.ndarray) -> None:
+        """Rows ``first .. first + len(spins) - 1`` of the dataset: ``spins`` of shape ``(k,
+        *lattice_shape)``, int8 -1/+1 (:class:`DatasetError` naming the problem otherwise, before
+        anything of the piece is staged)."""
+        spins = np.asarray(spins)
+        if not 0 <= first <= self.n - len(spins):
+            raise DatasetError(f"{self.path}: rows {first}..{first + len(spins) - 1} are outside 0..{self.n - 1}")
+        problem = (_layout_problem(spins.shape, spins.dtype, list(self.lattice_shape)) if len(spins) else None) \
+            or _values_problem(spins)
+        if problem:
+            raise DatasetError(f"{self.path}: {problem}")
+        try:
+            self._file.seek(first * self._row_bytes)
+            self._file.write(memoryview(np.ascontiguousarray(spins)).cast("B"))
+        except OSError as exc:
+            raise DatasetError(f"{self.path}: staging failed: {_one_line(exc)}") from exc
+        self._written[first : first + len(spins)] = True
+
+    def finish(self, metadata: dict[str, Any]) -> Path:
+        """Write the archive with ``metadata`` (checked as :func:`save_dataset` does, its
+        ``lattice_shape`` equal to this writer's) and move it to ``path``; remove the staging
+        file. Raises :class:`DatasetError` if a row was never put or the metadata are invalid
+        (nothing written then)."""
+        missing = np.flatnonzero(~self._written)
+        if missing.size:
+            raise DatasetError(f"{self.path}: {missing.size} of {self.n} configurations were never put "
+                               f"(the first: row {int(missing[0])})")
+        problem = _metadata_problem(metadata) or _layout_problem(
+            (self.n, *self.lattice_shape), np.dtype(np.int8), metadata["lattice_shape"])
+        if problem:
+            raise DatasetError(f"{self.path}: {problem}")
+        self._file.flush()
+        step = max(1, _WRITE_BYTES // self._row_bytes)
+
+        def staged() -> Iterator[np.ndarray]:
+            self._file.seek(0)
+            for first in range(0, self.n, step):
+                chunk = np.empty((min(step, self.n - first), *self.lattice_shape), dtype=np.int8)
+                if self._file.readinto(memoryview(chunk).cast("B")) != chunk.nbytes:
+                    raise OSError(f"the staging file {self._staging} ends before row {first + len(chunk)}")
+                yield chunk
+
+        try:
+            return _write_archive(self.path, (self.n, *self.lattice_shape), metadata, staged())
+        finally:
+            self.close()
+
+
+class SpinFile(_Closing):
+    """A ``deeprg.spins/1`` dataset opened by :func:`open_dataset`: its validated metadata and
+    spins header, the configurations read on demand (:meth:`chunks`, :meth:`read`). A context
+    manager (closing the file).
+
+    Attributes: ``path``, ``metadata`` (as in :class:`SpinDataset`), ``n`` (configurations),
+    ``lattice`` (:class:`Lattice` of ``metadata["lattice_shape"]``).
+    """
+
+    def __init__(self, path: Path, archive: NpzArchive, metadata: dict[str, Any], header: NpyHeader) -> None:
+        self.path, self.metadata = path, metadata
+        self._archive, self._header = archive, header
+        self.n = int(header.shape[0])
+        self.lattice = Lattice(tuple(metadata["lattice_shape"]))
+
+    def close(self) -> None:
+        self._archive.close()
+
+    def chunks(self, rows: slice = slice(None), size: int = 4096) -> Iterator[np.ndarray]:
+        """Configurations ``rows`` (a slice of step 1 of ``range(n)``) as consecutive ``(<= size,
+        *lattice_shape)`` int8 arrays, read, decompressed and checked as they are consumed, so
+        memory holds one chunk whatever the file's size (configurations before ``rows.start`` are
+        decompressed, not kept). A value other than -1/+1 raises :class:`DatasetError` naming the
+        configuration when its chunk is reached: a consumer that must refuse a bad file before any
+        work reads it through :meth:`read` or a first pass of :meth:`chunks`."""
+        start, stop, step = rows.indices(self.n)
+        if step != 1:
+            raise ValueError(f"rows must be a slice of step 1, got {rows}")
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        if start >= stop:
+            return
+        if self._header.fortran_order:  # written by another program: read whole, then cut
+            spins = self.read()
+            yield from (spins[i : min(i + size, stop)] for i in range(start, stop, size))
+            return
+        sites = self.lattice.n_sites
+        for first, chunk in zip(range(start, stop, size), self._archive.rows(self._header, start, stop, size)):
+            n_bad, index = _bad_values(chunk)
+            if n_bad:
+                raise DatasetError(
+                    f"{self.path}: spins contain a value other than -1/+1: {int(chunk.reshape(-1)[index])} at flat "
+                    f"index {first * sites + index} (configuration {first + index // sites})"
+                )
+            yield chunk
+
+    def read(self) -> np.ndarray:
+        """All configurations, ``(n, *lattice_shape)`` int8, checked to be -1/+1 (a
+        :class:`DatasetError` counting the bad values and naming the first otherwise)."""
+        spins = self._archive.read("spins")
+        problem = _spins_problem(spins, self.metadata["lattice_shape"])
+        if problem:
+            raise DatasetError(f"{self.path}: {problem}")
+        return spins
+
+
+def open_dataset(
+    path: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    d: int | tuple[int, ...] | None = None,
+    lattice_shape: tuple[int, ...] | list[int] | None = None,
+) -> SpinFile:
+    """Open a ``deeprg.spins/1`` dataset: read and validate its metadata and the header of its
+    spins (dtype, shape, n >= 1), not the configurations (:class:`SpinFile` reads them).
+
+    ``model``, ``d`` (one dimension or a tuple of allowed ones) and ``lattice_shape``, when
+    given, must match the dataset's metadata. Raises :class:`DatasetError` (one line naming
+    ``path``) if the file is missing, not an ``.npz`` archive, not a deeprg spin dataset, its
+    metadata or spins header is invalid in any way checked by :func:`save_dataset`, or it does
+    not match the request.
+    """
+    path = Path(path)
+    archive = open_npz(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot write in {directory}: {_one_line(exc)}") from exc
-    try:
-        with open(fd, "wb") as fh:
-            np.savez_compressed(
-                fh, spins=spins, metadata=np.array(json.dumps(dataset.metadata, allow_nan=False))
+        found = sorted(archive.names)
+        if "spins" not in found or "metadata" not in found:
+            raise DatasetError(
+                f"{path}: not a deeprg spin dataset (needs arrays 'spins' and 'metadata', "
+                f"found: {', '.join(found) or 'none'})"
             )
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise DatasetError(f"{path}: writing failed: {_one_line(exc)}") from exc
+        metadata = parse_metadata(archive.read("metadata", max_bytes=MAX_METADATA_BYTES), path)
+        header = archive.header("spins")
+        problem = _metadata_problem(metadata) or _layout_problem(header.shape, header.dtype, metadata["lattice_shape"])
+        if problem:
+            raise DatasetError(f"{path}: {problem}")
+        if model is not None and metadata["model"] != model:
+            raise DatasetError(f"{path}: dataset model is {metadata['model']!r}, expected {model!r}")
+        allowed = (d,) if isinstance(d, int) else d
+        if allowed is not None and metadata["d"] not in allowed:
+            expected = " or ".join(str(x) for x in allowed)
+            raise DatasetError(f"{path}: dataset has d={metadata['d']}, expected d={expected}")
+        if lattice_shape is not None and list(metadata["lattice_shape"]) != list(lattice_shape):
+            raise DatasetError(
+                f"{path}: dataset lattice_shape is {metadata['lattice_shape']}, "
+                f"expected {list(lattice_shape)}"
+            )
+    except BaseException:
+        archive.close()
         raise
-    return path
+    return SpinFile(path, archive, metadata, header)
 
 
 def load_dataset(
@@ -454,34 +754,7 @@ def load_dataset(
     d: int | tuple[int, ...] | None = None,
     lattice_shape: tuple[int, ...] | list[int] | None = None,
 ) -> SpinDataset:
-    """Read and validate a ``deeprg.spins/1`` dataset.
-
-    ``model``, ``d`` (one dimension or a tuple of allowed ones) and ``lattice_shape``, when
-    given, must match the dataset's metadata. Raises :class:`DatasetError` (one line naming ``path``) if the file is missing, not an
-    ``.npz`` archive, not a deeprg spin dataset, or invalid in any way checked by
-    :func:`save_dataset`, or does not match the request.
-    """
-    path = Path(path)
-    with open_npz(path) as archive:
-        found = sorted(archive.names)
-        if "spins" not in found or "metadata" not in found:
-            raise DatasetError(
-                f"{path}: not a deeprg spin dataset (needs arrays 'spins' and 'metadata', "
-                f"found: {', '.join(found) or 'none'})"
-            )
-        meta_array = archive.read("metadata", max_bytes=MAX_METADATA_BYTES)
-        spins = archive.read("spins")
-    metadata = parse_metadata(meta_array, path)
-    _validate(spins, metadata, path)
-    if model is not None and metadata["model"] != model:
-        raise DatasetError(f"{path}: dataset model is {metadata['model']!r}, expected {model!r}")
-    allowed = (d,) if isinstance(d, int) else d
-    if allowed is not None and metadata["d"] not in allowed:
-        expected = " or ".join(str(x) for x in allowed)
-        raise DatasetError(f"{path}: dataset has d={metadata['d']}, expected d={expected}")
-    if lattice_shape is not None and list(metadata["lattice_shape"]) != list(lattice_shape):
-        raise DatasetError(
-            f"{path}: dataset lattice_shape is {metadata['lattice_shape']}, "
-            f"expected {list(lattice_shape)}"
-        )
-    return SpinDataset(spins, metadata)
+    """Read and validate a whole ``deeprg.spins/1`` dataset into memory: :func:`open_dataset`
+    (same arguments and errors), then :meth:`SpinFile.read`."""
+    with open_dataset(path, model=model, d=d, lattice_shape=lattice_shape) as f:
+        return SpinDataset(f.read(), f.metadata)

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from deeprg.cli.common import print_json
-from deeprg.data import SpinDataset, load_dataset
+from deeprg.data import SpinFile, open_dataset
 from deeprg.mc import estimate
 
 #: Spins per chunk when computing the observables (bounds the int64 temporaries of
@@ -31,19 +31,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(run=run)
 
 
-def observables(ds: SpinDataset, callback: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray]:
+def observables(ds: SpinFile, callback: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray]:
     """Energy ``e = -sum_<ij> s_i s_j / N`` and magnetization ``m = sum_i s_i / N`` per site of
-    every configuration, each ``(n,)`` float64, computed in chunks; ``callback(done, n)`` after
-    each chunk (configurations done so far)."""
+    every configuration, each ``(n,)`` float64, streamed from the file in chunks (every value
+    checked to be -1/+1 on the way); ``callback(done, n)`` after each chunk (configurations done
+    so far)."""
     lattice = ds.lattice
     e = np.empty(ds.n)
     m = np.empty(ds.n)
-    step = max(1, _CHUNK_SPINS // lattice.n_sites)
-    for start in range(0, ds.n, step):
-        s = ds.spins[start : start + step]
+    start = 0
+    for s in ds.chunks(size=max(1, _CHUNK_SPINS // lattice.n_sites)):
         e[start : start + len(s)] = -lattice.bond_sum(s) / lattice.n_sites
         m[start : start + len(s)] = s.reshape(len(s), -1).mean(axis=1, dtype=np.float64)
-        callback(start + len(s), ds.n)
+        start += len(s)
+        callback(start, ds.n)
     return e, m
 
 
@@ -58,7 +59,11 @@ def by_chain(x: np.ndarray, n_chains: int) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    ds = load_dataset(args.path)
+    with open_dataset(args.path) as ds:
+        return _info(args, ds)
+
+
+def _info(args: argparse.Namespace, ds: SpinFile) -> int:
     with tqdm(total=ds.n, disable=args.quiet, file=sys.stderr, unit="config", delay=_BAR_DELAY,
               desc="observables") as bar:
         e, m = observables(ds, lambda done, total: bar.update(done - bar.n))

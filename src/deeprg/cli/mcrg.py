@@ -1,9 +1,11 @@
 """``deeprg mcrg`` and ``deeprg rsrg exponent-vs-epoch``: Monte Carlo RG exponents y_t and y_h of
 an RG transformation (majority rule, decimation, or the RBM projector of an ``rsrg train`` run).
 
-Both run unchanged under ``torchrun --nproc-per-node N``: every process reads the data, transforms
-its share of the configurations (:func:`deeprg.rsrg.mcrg.configuration_share`) and the exact
-integer moments are summed across processes, so the exponents are bit-identical whatever the
+The configurations are streamed from the file in chunks (:meth:`deeprg.data.SpinFile.chunks`), so
+memory holds one chunk whatever the size of the data. Both run unchanged under ``torchrun
+--nproc-per-node N``: every process reads only its share of the configurations
+(:func:`deeprg.rsrg.mcrg.configuration_share`), transforms it, and the exact integer moments are
+summed across processes, so the exponents are bit-identical whatever the
 number of processes; rank 0 alone prints and writes. ``--device cuda`` computes the RBM projector's
 fields on a GPU (GPU ``LOCAL_RANK`` under torchrun); the majority rule, decimation and the moments
 stay in numpy on the host.
@@ -15,6 +17,7 @@ import argparse
 import dataclasses
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,7 @@ from deeprg.cli.common import (
     seed,
     writable_file,
 )
-from deeprg.data import SpinDataset, load_dataset
+from deeprg.data import SpinFile, open_dataset
 from deeprg.distributed import current, default_threads, run_device
 from deeprg.mc.stats import format_value_error
 from deeprg.plots import exponent_vs_epoch
@@ -118,8 +121,10 @@ def _device(args: argparse.Namespace):
     return run_device(args.device, current())
 
 
-def _load_data(path: str) -> SpinDataset:
-    return load_dataset(path, model="ising", d=(2, 3))
+def _open_data(path: str) -> SpinFile:
+    """The Ising configurations of ``--data``, opened (metadata and header checked); the spins are
+    streamed by :func:`_run`."""
+    return open_dataset(path, model="ising", d=(2, 3))
 
 
 # ---- mcrg --------------------------------------------------------------------------------------
@@ -158,7 +163,7 @@ def parameter_list(low: float, inclusive: bool):
     return parse
 
 
-def _check_mcrg(args: argparse.Namespace, ds: SpinDataset, transforms: list[RGTransform],
+def _check_mcrg(args: argparse.Namespace, ds: SpinFile, transforms: list[RGTransform],
                 transform_option: str = "--transform") -> None:
     shape = tuple(ds.metadata["lattice_shape"])
     for t in transforms:  # the data's dimension and the filter's size before the levels
@@ -178,7 +183,7 @@ def _check_mcrg(args: argparse.Namespace, ds: SpinDataset, transforms: list[RGTr
                          f"--data (at least 2 per block), got {args.blocks}")
 
 
-def _run(args: argparse.Namespace, ds: SpinDataset, transforms: list[RGTransform]) -> list[MCRGResult]:
+def _run(args: argparse.Namespace, ds: SpinFile, transforms: list[RGTransform]) -> list[MCRGResult]:
     """MCRG of ``transforms`` on the data, this process's share of it under torchrun."""
     world = current()
     threads = args.threads if args.threads is not None or not world.distributed else default_threads(world)
@@ -186,14 +191,12 @@ def _run(args: argparse.Namespace, ds: SpinDataset, transforms: list[RGTransform
         import torch
 
         torch.set_num_threads(threads)
-    chunk = 4096
     share = configuration_share(ds.n, world)
-    spins = ds.spins[share]
-    bar = tqdm(total=len(spins), disable=args.quiet or not world.main, desc="mcrg", unit="config", file=sys.stderr,
-               dynamic_ncols=True)
+    bar = tqdm(total=share.stop - share.start, disable=args.quiet or not world.main, desc="mcrg", unit="config",
+               file=sys.stderr, dynamic_ncols=True)
     try:
-        return run_mcrg((spins[i : i + chunk] for i in range(0, len(spins), chunk)), spins.shape[1:], transforms,
-                        ds.n, args.levels, args.seed, args.blocks, on_chunk=bar.update, world=world)
+        return run_mcrg(ds.chunks(share, 4096), ds.lattice.shape, transforms, ds.n, args.levels, args.seed,
+                        args.blocks, on_chunk=bar.update, world=world)
     except MomentOverflow as err:
         raise UsageError(f"--blocks: {err}") from None
     finally:
@@ -212,7 +215,12 @@ def format_table(result: MCRGResult) -> str:
 
 
 def run_mcrg_command(args: argparse.Namespace) -> int:
-    ds = _load_data(args.data)
+    start = time.perf_counter()  # after start-up: imports, and under torchrun the processes' join
+    with _open_data(args.data) as ds:
+        return _mcrg_command(args, ds, start)
+
+
+def _mcrg_command(args: argparse.Namespace, ds: SpinFile, start: float) -> int:
     dev = _device(args)
     transform = _transform(args.transform, dev)
     transforms = [transform]
@@ -236,7 +244,8 @@ def run_mcrg_command(args: argparse.Namespace) -> int:
     reference = REFERENCE_EXPONENTS[len(shape)]
     summary = {**result.to_dict(), "transform_argument": args.transform, "data": args.data,
                "lattice_shape": shape, "K": ds.metadata["K"], "seed": args.seed,
-               "seconds": sum(r.seconds for r in results), "processes": current().size, "device": args.device,
+               "seconds": sum(r.seconds for r in results), "wall_seconds": time.perf_counter() - start,
+               "processes": current().size, "device": args.device,
                "reference": reference}
     tuning = None
     if parameters is not None:
@@ -286,7 +295,11 @@ def run_exponent_vs_epoch(args: argparse.Namespace) -> int:
     if Path(args.data).resolve() in [p.resolve() for p in outputs]:
         raise UsageError(f"--data: {args.data!r} is an output of this command ({outputs[0].name} and "
                          f"{outputs[1].name} in RUN); move or rename it")
-    ds = _load_data(args.data)
+    with _open_data(args.data) as ds:
+        return _exponent_vs_epoch(args, ds, filters, outputs)
+
+
+def _exponent_vs_epoch(args: argparse.Namespace, ds: SpinFile, filters: np.ndarray, outputs: list[Path]) -> int:
     d = ds.metadata["d"]
     n_even = len(operator_set(d).even)
     if args.couplings > n_even:

@@ -3,15 +3,19 @@
 Runs unchanged under ``torchrun --nproc-per-node N deeprg sample ising ...``: every process runs
 its contiguous share of the chains (:meth:`deeprg.distributed.World.share`; a chain's random
 stream depends on its global index only), the burn-in and ``--thin auto`` are decided from all
-chains' data, and rank 0 gathers the configurations and series in chain order, computes the
-estimates and writes the dataset, exactly as one process does. The dataset's spins and the
+chains' data, and rank 0 gathers the configurations and series chunk by chunk in chain order,
+computes the estimates and writes the dataset, exactly as one process does. The configurations
+are staged on disk as they come (:class:`deeprg.data.SpinWriter`; at most :data:`CHUNK_BYTES`
+of spins in memory) and compressed into the dataset at the end. The dataset's spins and the
 estimates are bit-identical whatever the number of processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -22,6 +26,7 @@ from tqdm import tqdm
 
 from deeprg import Lattice, __version__
 from deeprg.cli.common import (
+    StopOnSignal,
     UsageError,
     coupling_or_critical,
     cpu_threads,
@@ -29,7 +34,7 @@ from deeprg.cli.common import (
     print_json,
     writable_file,
 )
-from deeprg.data import SpinDataset, save_dataset
+from deeprg.data import SpinWriter, dataset_metadata
 from deeprg.mc import SAMPLERS, estimate, jackknife, make_sampler
 from deeprg.mc.samplers import MIN_AUTO_BURN_IN
 from deeprg.models.exact import exact_solution
@@ -52,9 +57,12 @@ MIN_BETA = 1e-10
 #: Seeds are integers in [0, 2^64).
 SEED_LIMIT = 2**64
 
-#: Peak bytes per spin of the saved configurations: the int8 result plus the same-sized
-#: temporaries of validating and writing the dataset (measured: 3.2 on 64x64, 5.3 on 8x8 with the
-#: series included).
+#: Bytes of spins in one chunk of the stream (all chains of a process; at least one configuration
+#: per chain): the configurations are staged on disk chunk by chunk, never held whole.
+CHUNK_BYTES = 1 << 24
+
+#: Peak bytes per spin of a chunk: the sampled int8 chunk plus the same-sized temporaries of
+#: gathering, checking and staging it.
 _SPIN_BYTES = 4
 
 #: Bytes per saved configuration besides its spins: the float64 energy and magnetization series
@@ -115,10 +123,23 @@ def available_memory() -> int:
 
 def estimated_memory(n: int, n_sites: int, chains: int) -> int:
     """Bytes a run of ``n`` configurations of ``n_sites`` sites in ``chains`` chains needs at its
-    peak (an upper estimate): the int8 configurations (``n * n_sites``, also the size of the
-    output before compression) and the temporaries of writing them, their series and statistics,
+    peak (an upper estimate): one chunk of int8 configurations (:data:`CHUNK_BYTES`, or the whole
+    run if smaller) and its temporaries, the series and statistics of all ``n`` configurations,
     the lattice's tables and the chains' state."""
-    return n * (_SPIN_BYTES * n_sites + _SERIES_BYTES) + n_sites * (_LATTICE_SITE_BYTES + chains * _CHAIN_SITE_BYTES)
+    spins = min(n * n_sites, max(CHUNK_BYTES, chains * n_sites))
+    return _SPIN_BYTES * spins + n * _SERIES_BYTES + n_sites * (_LATTICE_SITE_BYTES + chains * _CHAIN_SITE_BYTES)
+
+
+def needed_disk(n: int, n_sites: int) -> int:
+    """Bytes of disk a run of ``n`` configurations of ``n_sites`` sites needs beside ``--out`` (an
+    upper estimate): the staged configurations (``n * n_sites``) and the compressed dataset (DEFLATE
+    codes each +-1 byte in at least one bit, plus block overhead: at most a quarter of that)."""
+    return n * n_sites + n * n_sites // 4 + (1 << 20)
+
+
+def free_disk(directory: Path) -> int:
+    """Bytes free for this user in the file system of ``directory``."""
+    return shutil.disk_usage(directory).free
 
 
 def _format_bytes(b: float) -> str:
@@ -162,9 +183,15 @@ def check_args(args: argparse.Namespace, output: bool = True) -> Path:
     if need > free:
         raise UsageError(
             f"--n/--L: {args.n} configurations of {args.L}^{args.d} sites need about "
-            f"{_format_bytes(need)} of memory ({_format_bytes(args.n * n_sites)} of spins, the "
-            f"size of the output before compression), more than the {_format_bytes(free)} "
-            "available; lower --n or --L")
+            f"{_format_bytes(need)} of memory (a chunk of spins, the series of every configuration), "
+            f"more than the {_format_bytes(free)} available; lower --n or --L")
+    if output:
+        need, free = needed_disk(args.n, n_sites), free_disk(out.parent)
+        if need > free:
+            raise UsageError(
+                f"--n/--L: {args.n} configurations of {args.L}^{args.d} sites need about {_format_bytes(need)} of "
+                f"disk beside --out (staged uncompressed, then compressed), more than the {_format_bytes(free)} "
+                f"free in {out.parent}; lower --n or --L, or write elsewhere")
     if n_sites >= 2**31:
         raise UsageError(f"--L: {args.L}^{args.d} sites; the samplers index sites with 32-bit "
                          f"integers, so L^d must be < 2^31")
@@ -180,6 +207,14 @@ def _world():
 
     world = current()
     return world if world.distributed else None
+
+
+def chunk_size(n_per_chain: int, chains: int, n_sites: int, processes: int = 1) -> int:
+    """Saved configurations per chain in one chunk of the stream, the same on every process: at
+    most :data:`CHUNK_BYTES` of spins for the largest process's share of the chains (rank 0 holds
+    all chains' chunk when it stages them), and at most 1/100 of the run (progress)."""
+    per_process = -(-chains // processes)
+    return max(1, min(n_per_chain // 100, CHUNK_BYTES // (chains * n_sites), CHUNK_BYTES // (per_process * n_sites)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -198,63 +233,75 @@ def run(args: argparse.Namespace) -> int:
     lattice = Lattice.square(args.L, args.d)
     sampler = make_sampler(args.sampler, lattice, args.beta, seed=args.seed, n_chains=args.chains,
                            chains=chains, gather=gather)
-    start = time.perf_counter()
-    with warnings.catch_warnings(), tqdm(total=args.n // args.chains * len(sampler.chains),
-                                         disable=args.quiet or not main, file=sys.stderr, unit="config",
-                                         desc=f"{args.sampler} {lattice}") as bar:
+    n_per_chain = args.n // args.chains
+    chunk = chunk_size(n_per_chain, args.chains, lattice.n_sites, 1 if world is None else world.size)
+    with contextlib.ExitStack() as stack:
+        # rank 0 stages every chain's chunks on disk, beside --out, and writes the dataset at the end
+        writer = stack.enter_context(SpinWriter(out, args.n, lattice.shape)) if main else None
+        stop = stack.enter_context(StopOnSignal())
+        bar = stack.enter_context(tqdm(total=n_per_chain * len(sampler.chains), disable=args.quiet or not main,
+                                       file=sys.stderr, unit="config", desc=f"{args.sampler} {lattice}"))
         if not main:
+            stack.enter_context(warnings.catch_warnings())
             warnings.simplefilter("ignore")  # rank 0 reports
-        result = sampler.run(
-            args.n, thin=args.thin, burn_in=args.burn_in, n_threads=threads,
-            callback=lambda done, total: bar.update(done - bar.n),
-        )
-    spins, series = result.spins, result.series
-    if world is not None:  # rank 0 gets every chain, in chain order (= rank order)
-        spins = world.gather_rows(spins)
-        series = {k: world.gather_rows(series[k]) for k in ("energy", "magnetization")}
+        start = time.perf_counter()
+        parts: dict[str, list[np.ndarray]] = {"energy": [], "magnetization": []}
+        done, first = 0, None
+        for part in sampler.stream(args.n, thin=args.thin, burn_in=args.burn_in, n_threads=threads, chunk=chunk,
+                                   callback=lambda done, total: bar.update(done - bar.n)):
+            first = first or part
+            spins, series = part.spins, part.series
+            if world is not None:  # rank 0 gets every chain, in chain order (= rank order)
+                spins = world.gather_rows(spins)
+                series = {k: world.gather_rows(series[k]) for k in parts}
+            if main:
+                for c, rows in enumerate(spins):  # the file holds chain after chain
+                    writer.put(c * n_per_chain + done, rows)
+                for k in parts:
+                    parts[k].append(series[k])
+            done += part.n_per_chain
+            if stop.requested:
+                raise KeyboardInterrupt
         if not main:
             return 0
-    seconds = time.perf_counter() - start
-    n_sites = lattice.n_sites
-    e = series["energy"] / n_sites
-    m = series["magnetization"] / n_sites
-    K = args.beta
-    energy = estimate(e)
-    summary = {
-        "model": "ising",
-        "lattice": list(lattice.shape),
-        "K": K,
-        "sampler": args.sampler,
-        "seed": args.seed,
-        "n": args.n,
-        "chains": args.chains,
-        "thin": result.thin,
-        "burn_in": result.burn_in,
-        "energy_per_site": energy,
-        "m2": estimate(m**2),
-        "abs_m": estimate(np.abs(m)),
-        "specific_heat_per_site": jackknife(lambda x: K * K * n_sites * np.var(x), e,
-                                            n_blocks=JACKKNIFE_BLOCKS),
-        "tau_int": energy.tau_int,
-        "samples_per_second": args.n / seconds,
-        "seconds": seconds,
-        "processes": 1 if world is None else world.size,
-        "exact_energy_per_site": None,
-        "exact_specific_heat_per_site": None,
-        "out": str(out),
-        "deeprg_version": __version__,
-    }
-    exact = exact_solution(lattice, K)
-    if exact is not None:
-        summary["exact_energy_per_site"] = exact.energy_per_site
-        summary["exact_specific_heat_per_site"] = exact.specific_heat_per_site
-
-    dataset = SpinDataset.new(
-        spins.reshape((args.n,) + lattice.shape), K=K, sampler=args.sampler, updates_between_samples=int(result.thin),
-        seed=args.seed, n_chains=args.chains, tau_int=energy.tau_int, burn_in=int(result.burn_in),
-    )
-    save_dataset(out, dataset)
-
+        seconds = time.perf_counter() - start
+        series = {k: np.concatenate(v, axis=1) for k, v in parts.items()}
+        n_sites = lattice.n_sites
+        e = series["energy"] / n_sites
+        m = series["magnetization"] / n_sites
+        K = args.beta
+        energy = estimate(e)
+        summary = {
+            "model": "ising",
+            "lattice": list(lattice.shape),
+            "K": K,
+            "sampler": args.sampler,
+            "seed": args.seed,
+            "n": args.n,
+            "chains": args.chains,
+            "thin": first.thin,
+            "burn_in": first.burn_in,
+            "energy_per_site": energy,
+            "m2": estimate(m**2),
+            "abs_m": estimate(np.abs(m)),
+            "specific_heat_per_site": jackknife(lambda x: K * K * n_sites * np.var(x), e,
+                                                n_blocks=JACKKNIFE_BLOCKS),
+            "tau_int": energy.tau_int,
+            "samples_per_second": args.n / seconds,
+            "seconds": seconds,
+            "processes": 1 if world is None else world.size,
+            "exact_energy_per_site": None,
+            "exact_specific_heat_per_site": None,
+            "out": str(out),
+            "deeprg_version": __version__,
+        }
+        exact = exact_solution(lattice, K)
+        if exact is not None:
+            summary["exact_energy_per_site"] = exact.energy_per_site
+            summary["exact_specific_heat_per_site"] = exact.specific_heat_per_site
+        writer.finish(dataset_metadata(
+            lattice.shape, K=K, sampler=args.sampler, updates_between_samples=int(first.thin), seed=args.seed,
+            n_chains=args.chains, tau_int=energy.tau_int, burn_in=int(first.burn_in)))
     if args.json:
         print_json(summary)
     else:
