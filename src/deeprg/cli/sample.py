@@ -209,12 +209,11 @@ def _world():
     return world if world.distributed else None
 
 
-def chunk_size(n_per_chain: int, chains: int, n_sites: int, processes: int = 1) -> int:
+def chunk_size(n_per_chain: int, chains: int, n_sites: int) -> int:
     """Saved configurations per chain in one chunk of the stream, the same on every process: at
-    most :data:`CHUNK_BYTES` of spins for the largest process's share of the chains (rank 0 holds
-    all chains' chunk when it stages them), and at most 1/100 of the run (progress)."""
-    per_process = -(-chains // processes)
-    return max(1, min(n_per_chain // 100, CHUNK_BYTES // (chains * n_sites), CHUNK_BYTES // (per_process * n_sites)))
+    most :data:`CHUNK_BYTES` of spins for all the chains (rank 0 gathers every chain's part of a
+    chunk and stages it), at most 1/100 of the run (progress), at least one."""
+    return max(1, min(n_per_chain // 100, CHUNK_BYTES // (chains * n_sites)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -234,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     sampler = make_sampler(args.sampler, lattice, args.beta, seed=args.seed, n_chains=args.chains,
                            chains=chains, gather=gather)
     n_per_chain = args.n // args.chains
-    chunk = chunk_size(n_per_chain, args.chains, lattice.n_sites, 1 if world is None else world.size)
+    chunk = chunk_size(n_per_chain, args.chains, lattice.n_sites)
     with contextlib.ExitStack() as stack:
         # rank 0 stages every chain's chunks on disk, beside --out, and writes the dataset at the end
         writer = stack.enter_context(SpinWriter(out, args.n, lattice.shape)) if main else None
@@ -248,8 +247,9 @@ def run(args: argparse.Namespace) -> int:
         parts: dict[str, list[np.ndarray]] = {"energy": [], "magnetization": []}
         done, first = 0, None
         for part in sampler.stream(args.n, thin=args.thin, burn_in=args.burn_in, n_threads=threads, chunk=chunk,
-                                   callback=lambda done, total: bar.update(done - bar.n)):
-            first = first or part
+                                   callback=lambda saved, total: bar.update(saved - bar.n)):
+            if first is None:
+                first = part
             spins, series = part.spins, part.series
             if world is not None:  # rank 0 gets every chain, in chain order (= rank order)
                 spins = world.gather_rows(spins)
