@@ -209,11 +209,13 @@ def _world():
     return world if world.distributed else None
 
 
-def chunk_size(n_per_chain: int, chains: int, n_sites: int) -> int:
-    """Saved configurations per chain in one chunk of the stream, the same on every process: at
-    most :data:`CHUNK_BYTES` of spins for all the chains (rank 0 gathers every chain's part of a
-    chunk and stages it), at most 1/100 of the run (progress), at least one."""
-    return max(1, min(n_per_chain // 100, CHUNK_BYTES // (chains * n_sites)))
+def chunk_sizes(n_per_chain: int, chains: int, n_sites: int) -> tuple[int, int]:
+    """Saved configurations per chain ``(chunk, block)``, the same on every process: the sampler
+    yields ``chunk`` at a time (progress: at most 1/100 of the run), and ``block`` >= ``chunk``
+    of them are gathered on rank 0 and staged at once, :data:`CHUNK_BYTES` of spins of all the
+    chains (fewer gathers: each makes the processes wait for one another); both at least one."""
+    block = max(1, CHUNK_BYTES // (chains * n_sites))
+    return max(1, min(n_per_chain // 100, block)), block
 
 
 def run(args: argparse.Namespace) -> int:
@@ -233,9 +235,9 @@ def run(args: argparse.Namespace) -> int:
     sampler = make_sampler(args.sampler, lattice, args.beta, seed=args.seed, n_chains=args.chains,
                            chains=chains, gather=gather)
     n_per_chain = args.n // args.chains
-    chunk = chunk_size(n_per_chain, args.chains, lattice.n_sites)
+    chunk, block = chunk_sizes(n_per_chain, args.chains, lattice.n_sites)
     with contextlib.ExitStack() as stack:
-        # rank 0 stages every chain's chunks on disk, beside --out, and writes the dataset at the end
+        # rank 0 stages every chain's blocks on disk, beside --out, and writes the dataset at the end
         writer = stack.enter_context(SpinWriter(out, args.n, lattice.shape)) if main else None
         stop = stack.enter_context(StopOnSignal())
         bar = stack.enter_context(tqdm(total=n_per_chain * len(sampler.chains), disable=args.quiet or not main,
@@ -244,28 +246,39 @@ def run(args: argparse.Namespace) -> int:
             stack.enter_context(warnings.catch_warnings())
             warnings.simplefilter("ignore")  # rank 0 reports
         start = time.perf_counter()
-        parts: dict[str, list[np.ndarray]] = {"energy": [], "magnetization": []}
-        done, first = 0, None
+        series: dict[str, list[np.ndarray]] = {"energy": [], "magnetization": []}
+        staged, pending, first = 0, [], None
+
+        def stage() -> int:
+            """Gather the pending chunks of every chain on rank 0 and stage them; how many per chain."""
+            spins = np.concatenate([p.spins for p in pending], axis=1)
+            per_chain = spins.shape[1]
+            values = {k: np.concatenate([p.series[k] for p in pending], axis=1) for k in series}
+            pending.clear()
+            if world is not None:  # rank 0 gets every chain, in chain order (= rank order)
+                spins = world.gather_rows(spins)
+                values = {k: world.gather_rows(v) for k, v in values.items()}
+            if main:
+                for c, rows in enumerate(spins):  # the file holds chain after chain
+                    writer.put(c * n_per_chain + staged, rows)
+                for k, v in values.items():
+                    series[k].append(v)
+            return per_chain
+
         for part in sampler.stream(args.n, thin=args.thin, burn_in=args.burn_in, n_threads=threads, chunk=chunk,
                                    callback=lambda saved, total: bar.update(saved - bar.n)):
             if first is None:
                 first = part
-            spins, series = part.spins, part.series
-            if world is not None:  # rank 0 gets every chain, in chain order (= rank order)
-                spins = world.gather_rows(spins)
-                series = {k: world.gather_rows(series[k]) for k in parts}
-            if main:
-                for c, rows in enumerate(spins):  # the file holds chain after chain
-                    writer.put(c * n_per_chain + done, rows)
-                for k in parts:
-                    parts[k].append(series[k])
-            done += part.n_per_chain
+            pending.append(part)
+            held = sum(p.n_per_chain for p in pending)
+            if held >= block or staged + held == n_per_chain:
+                staged += stage()
             if stop.requested:
                 raise KeyboardInterrupt
         if not main:
             return 0
         seconds = time.perf_counter() - start
-        series = {k: np.concatenate(v, axis=1) for k, v in parts.items()}
+        series = {k: np.concatenate(v, axis=1) for k, v in series.items()}
         n_sites = lattice.n_sites
         e = series["energy"] / n_sites
         m = series["magnetization"] / n_sites
