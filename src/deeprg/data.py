@@ -603,8 +603,9 @@ class SpinWriter(_Closing):
         spins = np.asarray(spins)
         if not 0 <= first <= self.n - len(spins):
             raise DatasetError(f"{self.path}: rows {first}..{first + len(spins) - 1} are outside 0..{self.n - 1}")
-        problem = (_layout_problem(spins.shape, spins.dtype, list(self.lattice_shape)) if len(spins) else None) \
-            or _values_problem(spins)
+        if len(spins) == 0:
+            return
+        problem = _spins_problem(spins, list(self.lattice_shape))
         if problem:
             raise DatasetError(f"{self.path}: {problem}")
         try:
