@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from datetime import datetime
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deeprg
+from deeprg import data as data_module
 from deeprg.data import (
     FORMAT,
     REQUIRED_KEYS,
@@ -86,8 +89,9 @@ def test_file_is_plain_npz_without_pickles(tmp_path):
     ds = make_dataset()
     save_dataset(tmp_path / "a.npz", ds)
     with np.load(tmp_path / "a.npz", allow_pickle=False) as npz:
-        assert sorted(npz.files) == ["metadata", "spins"]
+        assert sorted(npz.files) == ["metadata", "spins", "spins_sync"]
         assert npz["metadata"].shape == ()
+        assert np.array_equal(npz["spins"], ds.spins)
         assert json.loads(str(npz["metadata"])) == ds.metadata
 
 
@@ -133,18 +137,23 @@ def stored_npz(path: Path, spins: np.ndarray, metadata) -> Path:
     return path
 
 
-@pytest.mark.parametrize("writer", ["compressed", "stored", "fortran"])
+@pytest.mark.parametrize("writer", ["compressed", "small sync blocks", "stored", "fortran"])
 @settings(max_examples=30, deadline=None)
 @given(start=st.integers(-40, 40), stop=st.integers(-40, 40), size=st.integers(1, 40))
 def test_streamed_chunks_are_the_rows_of_the_file(writer, start, stop, size):
     """Any slice of rows and any chunk size: the chunks, joined, are those rows of the data, each
-    chunk at most ``size`` long; for archives written by save_dataset, by np.savez, and for a
+    chunk at most ``size`` long; for archives written by save_dataset (with its sync points every
+    1 MiB, and every 40 bytes: several per row, rows straddling them), by np.savez, and for a
     Fortran-ordered array written by another program."""
     ds = make_dataset(shape=(3, 5), n=37)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "a.npz"
         if writer == "compressed":
             save_dataset(path, ds)
+        elif writer == "small sync blocks":
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(data_module, "SYNC_BYTES", 40)
+                save_dataset(path, ds)
         elif writer == "stored":
             stored_npz(path, ds.spins, ds.metadata)
         else:
@@ -189,6 +198,111 @@ def test_damaged_compressed_data_is_a_dataset_error_when_streamed(tmp_path):
                 pass
     assert str(path) in str(info.value) and "cannot read array data" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def _member_data(path: Path, name: str) -> tuple[int, zipfile.ZipInfo]:
+    """File offset of the (compressed) data of zip member ``name``, and its ZipInfo."""
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(name)
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+    return info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"), info
+
+
+@pytest.mark.parametrize("n", [7, 40])
+def test_archives_carry_a_sync_point_with_the_crc_of_every_block(tmp_path, monkeypatch, n):
+    """Blocks of SYNC_BYTES of the uncompressed spins member, the last one short or (n = 7: a
+    header of 128 bytes and 7 rows of 128 fill exactly 4 blocks of 256) full, each with its CRC-32;
+    the stream is still one that np.load and zipfile's CRC check read whole."""
+    monkeypatch.setattr(data_module, "SYNC_BYTES", 256)
+    ds = make_dataset(shape=(8, 16), n=n)
+    path = save_dataset(tmp_path / "a.npz", ds)
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None
+        raw = z.read("spins.npy")
+    with np.load(path) as npz:
+        np.testing.assert_array_equal(npz["spins"], ds.spins)
+        points = npz["spins_sync"]
+    blocks = -(-len(raw) // 256)
+    assert points.dtype == np.int64 and points.shape == (blocks, 3)
+    np.testing.assert_array_equal(points[:, 0], 256 * np.arange(blocks))
+    assert points[:, 2].tolist() == [zlib.crc32(raw[u : u + 256]) for u in points[:, 0]]
+    # each block inflates on its own from its compressed offset
+    start, info = _member_data(path, "spins.npy")
+    compressed = path.read_bytes()[start : start + info.compress_size]
+    for (u, c, _), following in zip(points, [*points[1:, 1], info.compress_size]):
+        assert zlib.decompressobj(-15).decompress(compressed[c:following]) == raw[u : u + 256]
+
+
+def test_a_reader_starts_at_the_sync_point_before_its_first_row(tmp_path, monkeypatch):
+    """The compressed bytes of block 1 destroyed: rows from block 3 on still stream (nothing
+    before their sync point is read), rows from the start fail with a DatasetError. (Blocks of
+    64 KiB: opening reads the .npy header through zipfile, 4 KiB of compressed bytes.)"""
+    monkeypatch.setattr(data_module, "SYNC_BYTES", 1 << 16)  # 256 rows of 256 bytes per block
+    ds = make_dataset(shape=(16, 16), n=2000)
+    path = save_dataset(tmp_path / "a.npz", ds)
+    with np.load(path) as npz:
+        points = npz["spins_sync"]
+    start, _ = _member_data(path, "spins.npy")
+    raw = bytearray(path.read_bytes())
+    raw[start + points[1, 1] : start + points[2, 1]] = bytes(points[2, 1] - points[1, 1])
+    path.write_bytes(bytes(raw))
+    first_row = (points[3, 0] - 128) // 256 + 1  # the first row wholly in block 3
+    with open_dataset(path) as f:
+        later = np.concatenate(list(f.chunks(slice(first_row, None), 30)))
+        np.testing.assert_array_equal(later, ds.spins[first_row:])
+        with pytest.raises(DatasetError, match=r"a\.npz: cannot read array data: array 'spins'"):
+            list(f.chunks(size=30))
+
+
+def _forged(tmp_path, monkeypatch, forge) -> Path:
+    """A dataset of 40 16x16 configurations, blocks of 1024 bytes, written with sync points
+    ``forge(points)``."""
+    monkeypatch.setattr(data_module, "SYNC_BYTES", 1024)
+    true_points = data_module._SyncingCompressor.points
+    monkeypatch.setattr(data_module._SyncingCompressor, "points", lambda self: forge(true_points(self)))
+    return save_dataset(tmp_path / "forged.npz", make_dataset(shape=(16, 16), n=40))
+
+
+@pytest.mark.parametrize("forge, message", [
+    (lambda p: p[:, :2], r"shape \(\d+, 2\) of int64, expected \(k >= 1, 3\)"),
+    (lambda p: p.astype(np.int32), "shape .* of int32"),
+    (lambda p: p[1:], r"the first point is not at offset \(0, 0\)"),
+    (lambda p: p[[0, 2, 1]], "offsets not increasing"),
+    (lambda p: np.vstack([p, [[10**9, 10**9, 0]]]), "offsets not increasing"),
+    (lambda p: p * [[1, 1, -1]] - [[0, 0, 1]], "a CRC-32 out of range"),
+])
+def test_damaged_sync_points_are_refused_before_reading(tmp_path, monkeypatch, forge, message):
+    path = _forged(tmp_path, monkeypatch, forge)
+    with open_dataset(path) as f:
+        with pytest.raises(DatasetError, match=rf"forged\.npz: damaged sync points of array 'spins': {message}"):
+            next(f.chunks(slice(20, None)))
+
+
+def test_a_block_failing_its_crc_is_a_dataset_error(tmp_path, monkeypatch):
+    path = _forged(tmp_path, monkeypatch, lambda p: p ^ [[0, 0, 1]])
+    with open_dataset(path) as f:
+        with pytest.raises(DatasetError, match=r"CRC-32 of the block ending at byte \d+ does not match its sync point"):
+            list(f.chunks(slice(20, None)))
+
+
+@pytest.mark.parametrize("python", ["no _compressor", "_compressor not used"])
+def test_where_zipfile_differs_the_archive_is_written_without_sync_points(tmp_path, monkeypatch, python):
+    """Another Python's zipfile: a member without the private ``_compressor`` gets none, and a
+    compressor that did not see every byte of the member (zipfile no longer uses the attribute)
+    writes no sync points; the archive then streams from any row by decompressing from the start."""
+    assert data_module._syncing(object()) is None
+    if python == "no _compressor":
+        monkeypatch.setattr(data_module, "_syncing", lambda member: None)
+    else:
+        monkeypatch.setattr(data_module, "_syncing", lambda member: data_module._SyncingCompressor(64))
+    ds = make_dataset(shape=(16, 16), n=40)
+    path = save_dataset(tmp_path / "a.npz", ds)
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None and sorted(z.namelist()) == ["metadata.npy", "spins.npy"]
+    with open_dataset(path) as f:
+        np.testing.assert_array_equal(np.concatenate(list(f.chunks(slice(25, None), 4))), ds.spins[25:])
 
 
 def test_open_checks_metadata_and_header_without_reading_the_spins(tmp_path, monkeypatch):

@@ -177,7 +177,7 @@ def test_checked_reader_round_trip_and_limit(tmp_path):
     path = save_dataset(tmp_path / "ok.npz", SpinDataset.new(spins, K=0.3, sampler="wolff",
                                                              updates_between_samples=1, seed=0))
     with open_npz(path) as archive:
-        assert sorted(archive.names) == ["metadata", "spins"]
+        assert sorted(archive.names) == ["metadata", "spins", "spins_sync"]
         np.testing.assert_array_equal(archive.read("spins"), spins)
         with pytest.raises(DatasetError, match="more than the limit of 79 bytes"):
             archive.read("spins", max_bytes=79)

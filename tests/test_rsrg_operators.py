@@ -228,6 +228,26 @@ def test_sub_batches_give_the_same_sums(rng, monkeypatch):
     assert np.array_equal(operator_sums(spins.astype(np.int64)), whole)
 
 
+def rolled_sums(spins: np.ndarray, operators) -> np.ndarray:
+    """The operators' total sums by the definition: products of periodically rolled copies, summed."""
+    axes = tuple(range(1, spins.ndim))
+    s = spins.astype(np.int64)
+    return np.stack([sum(np.prod([np.roll(s, tuple(-c for c in o), axis=axes) for o in shape], axis=0)
+                         for shape in op.shapes).sum(axis=axes) for op in operators], axis=1)
+
+
+@pytest.mark.parametrize("last", [1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 130])
+def test_bit_packed_rows_of_every_width_give_the_defined_sums(rng, last):
+    """Rows along the last axis are packed into words of 8..64 bits, or several 64-bit words beyond
+    64 sites; every width, and offsets reaching past a short row, give the sums of the definition."""
+    ops = operator_set(2).all
+    spins = rng.choice(np.array([-1, 1], dtype=np.int8), size=(3, 5, last))
+    assert np.array_equal(operator_sums(spins, ops), rolled_sums(spins, ops))
+    ops3 = operator_set(3).all
+    spins3 = rng.choice(np.array([-1, 1], dtype=np.int8), size=(2, 3, 4, last))
+    assert np.array_equal(operator_sums(spins3, ops3), rolled_sums(spins3, ops3))
+
+
 def test_custom_operators_in_other_dimensions(rng):
     nn1 = Operator.from_prototype("nn", ((0,), (1,)))
     assert nn1.shapes == (((0,), (1,)),)

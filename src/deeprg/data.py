@@ -6,7 +6,16 @@ File format ``deeprg.spins/1``: an ``.npz`` archive (DEFLATE-compressed members,
 * ``spins``: ``int8`` array of shape ``(n, *lattice_shape)``, ``n >= 1``, values ``-1``/``+1``
   (the package convention of :mod:`deeprg.models.ising`);
 * ``metadata``: 0-d unicode array holding a JSON object with at least the keys in
-  :data:`REQUIRED_KEYS` (extra keys are allowed and preserved).
+  :data:`REQUIRED_KEYS` (extra keys are allowed and preserved);
+
+and, in files deeprg writes, ``spins_sync``: the sync points of the compressed spins, an ``int64``
+array of rows ``(uncompressed offset, compressed offset, CRC-32)``, one per block of
+:data:`SYNC_BYTES` of the ``spins.npy`` member (its ``.npy`` header included). The DEFLATE stream
+is fully flushed at each block's start (the compressor's history reset, the output byte-aligned;
+still one valid stream that ``np.load`` reads as before), so a reader can start inflating at the
+block that holds its first row instead of decompressing everything before it, and checks each
+block it reads whole against its CRC-32. Files without the array (written by other programs or
+before it existed) are read by decompressing from the start.
 
 Files are written atomically (temporary file in the target directory, then ``os.replace``), the
 spins streamed into the archive in chunks (:func:`save_dataset` from memory, :class:`SpinWriter`
@@ -23,6 +32,7 @@ the configurations (one chunk in memory) for readers of files larger than memory
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -48,6 +58,7 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "MAX_METADATA_DEPTH",
     "REQUIRED_KEYS",
+    "SYNC_BYTES",
     "DatasetError",
     "NpyHeader",
     "NpzArchive",
@@ -312,6 +323,116 @@ class NpyHeader:
 #: Bytes decompressed per read when streaming rows (:meth:`NpzArchive.rows`).
 _READ_BYTES = 1 << 20
 
+#: Uncompressed bytes of an array's zip member between two sync points (module docstring).
+SYNC_BYTES = 1 << 20
+
+#: Fixed part of a zip local file header (APPNOTE 4.3.7); file name and extra field follow.
+_LOCAL_HEADER_BYTES = 30
+
+
+class _SyncingCompressor:
+    """Raw DEFLATE at zlib's default level, as :mod:`zipfile` compresses a member, with a full
+    flush every ``block`` input bytes (the sync points of the module docstring). ``points()``:
+    the ``(k, 3)`` int64 sync points of what was compressed; ``consumed``: input bytes seen."""
+
+    def __init__(self, block: int) -> None:
+        self._deflate = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+        self._block, self.consumed, self._produced, self._crc = block, 0, 0, 0
+        self._points: list[list[int]] = [[0, 0, 0]]
+
+    def _out(self, data: bytes) -> bytes:
+        self._produced += len(data)
+        return data
+
+    def compress(self, data) -> bytes:
+        view, pieces = memoryview(data).cast("B"), []
+        while len(view):
+            room = self._block - self.consumed % self._block
+            piece, view = view[:room], view[room:]
+            pieces.append(self._out(self._deflate.compress(piece)))
+            self._crc, self.consumed = zlib.crc32(piece, self._crc), self.consumed + len(piece)
+            if self.consumed % self._block == 0:
+                pieces.append(self._out(self._deflate.flush(zlib.Z_FULL_FLUSH)))
+                self._points[-1][2], self._crc = self._crc, 0
+                self._points.append([self.consumed, self._produced, 0])
+        return b"".join(pieces)
+
+    def flush(self, mode: int = zlib.Z_FINISH) -> bytes:
+        return self._out(self._deflate.flush(mode))
+
+    def points(self) -> np.ndarray:
+        points = self._points if self.consumed > self._points[-1][0] else self._points[:-1]
+        if points is self._points:
+            points[-1][2] = self._crc
+        return np.array(points, dtype=np.int64).reshape(-1, 3)
+
+
+def _syncing(member: io.BufferedIOBase) -> _SyncingCompressor | None:
+    """Give the zip member ``member`` (opened for writing, DEFLATE) a :class:`_SyncingCompressor`:
+    :mod:`zipfile` has no public way to flush a member's stream, so this replaces its compressor
+    (the private ``_compressor``, the same since Python 3.6). ``None`` where that attribute is not
+    a zlib compressor: the archive is then written without sync points."""
+    if type(getattr(member, "_compressor", None)) is not type(zlib.compressobj()):
+        return None
+    member._compressor = _SyncingCompressor(SYNC_BYTES)  # type: ignore[attr-defined]
+    return member._compressor  # type: ignore[attr-defined]
+
+
+class _SyncedMember(io.RawIOBase):
+    """The uncompressed bytes of a DEFLATE zip member from its sync point ``block`` on (read with a
+    file handle of its own), each block checked against its CRC-32 when read whole."""
+
+    def __init__(self, path: Path, info: zipfile.ZipInfo, points: np.ndarray, block: int) -> None:
+        self._fh = open(path, "rb")
+        try:
+            self._fh.seek(info.header_offset)
+            local = self._fh.read(_LOCAL_HEADER_BYTES)
+            if len(local) != _LOCAL_HEADER_BYTES or local[:4] != b"PK\x03\x04":
+                raise zipfile.BadZipFile(f"no local header of member {info.filename!r}")
+            start = info.header_offset + _LOCAL_HEADER_BYTES + int.from_bytes(local[26:28], "little") \
+                + int.from_bytes(local[28:30], "little")
+            self._fh.seek(start + int(points[block, 1]))
+        except BaseException:
+            self._fh.close()
+            raise
+        self._left = info.compress_size - int(points[block, 1])
+        self._inflate = zlib.decompressobj(-15)
+        self._ends = [int(u) for u in points[block + 1 :, 0]] + [info.file_size]
+        self._crcs = [int(c) for c in points[block:, 2]]
+        self._position, self._crc = int(points[block, 0]), 0
+        self._pending, self._used = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        while self._used == len(self._pending):
+            if not self._ends:
+                return 0
+            data = self._inflate.unconsumed_tail
+            if not data:
+                data = self._fh.read(min(_READ_BYTES, self._left))
+                self._left -= len(data)
+                if not data:
+                    raise EOFError("the compressed data end early")
+            self._pending, self._used = self._inflate.decompress(data, _READ_BYTES), 0
+        n = min(len(view), len(self._pending) - self._used, self._ends[0] - self._position)
+        view[:n] = self._pending[self._used : self._used + n]
+        self._used += n
+        self._crc = zlib.crc32(view[:n], self._crc)
+        self._position += n
+        if self._position == self._ends[0]:
+            if self._crc != self._crcs[0]:
+                raise zlib.error(f"CRC-32 of the block ending at byte {self._position} does not match its sync point")
+            del self._ends[0], self._crcs[0]
+            self._crc = 0
+        return n
+
 
 class _Closing:
     """A context manager that calls ``self.close()`` on leaving the block."""
@@ -400,18 +521,50 @@ class NpzArchive(_Closing):
         except _READ_ERRORS as exc:
             raise DatasetError(f"{self.path}: cannot read array data: array {name!r}: {_one_line(exc)}") from exc
 
+    def sync_points(self, name: str) -> np.ndarray | None:
+        """The checked sync points of array ``name`` (array ``NAME_sync``, module docstring), or
+        ``None`` if the archive has none for it or its member is not DEFLATE-compressed. Raises
+        :class:`DatasetError` if they are damaged: not ``(k >= 1, 3)`` int64, not starting at
+        ``(0, 0)``, offsets not increasing or beyond the member, or a CRC-32 out of range."""
+        info = self._members.get(name)
+        if f"{name}_sync" not in self._members or info is None or info.compress_type != zipfile.ZIP_DEFLATED:
+            return None
+        points = self.read(f"{name}_sync", max_bytes=24 * (info.compress_size + 1))  # offsets increase
+        problem = None
+        if points.dtype != np.int64 or points.ndim != 2 or points.shape[0] < 1 or points.shape[1] != 3:
+            problem = f"shape {points.shape} of {points.dtype}, expected (k >= 1, 3) of int64"
+        elif points[0, 0] != 0 or points[0, 1] != 0:
+            problem = "the first point is not at offset (0, 0)"
+        elif (np.diff(points[:, :2], axis=0) <= 0).any() or points[-1, 0] >= info.file_size \
+                or points[-1, 1] >= info.compress_size:
+            problem = "offsets not increasing within the member"
+        elif ((points[:, 2] < 0) | (points[:, 2] > 0xFFFFFFFF)).any():
+            problem = "a CRC-32 out of range"
+        if problem:
+            raise DatasetError(f"{self.path}: damaged sync points of array {name!r}: {problem}")
+        return points
+
     def rows(self, header: NpyHeader, start: int, stop: int, size: int) -> Iterator[np.ndarray]:
         """Rows ``start .. stop - 1`` (first axis) of the C-ordered array of ``header`` (from
         :meth:`header`), as consecutive arrays of at most ``size`` rows, read and decompressed as
-        they are consumed: memory holds one chunk, and rows before ``start`` are decompressed but
-        not kept. Raises :class:`DatasetError` if the data end early or cannot be decompressed."""
+        they are consumed: memory holds one chunk. With :meth:`sync_points`, decompression starts
+        at the last sync point before row ``start`` and every block read whole is checked against
+        its CRC-32; without, the rows before ``start`` are decompressed, not kept. Raises
+        :class:`DatasetError` if the data end early, cannot be decompressed or fail a CRC-32."""
         if header.fortran_order:
             raise ValueError(f"array {header.name!r} is stored in Fortran order; rows are read from C-ordered arrays")
         row_bytes = math.prod(header.shape[1:]) * header.dtype.itemsize
         where = f"{self.path}: cannot read array data: array {header.name!r}"
+        points = self.sync_points(header.name)
         try:
-            with self._zip.open(self._members[header.name]) as fh:
-                skip = header.offset + start * row_bytes
+            skip = header.offset + start * row_bytes
+            if points is None:
+                opened = self._zip.open(self._members[header.name])
+            else:
+                block = int(np.searchsorted(points[:, 0], skip, side="right")) - 1
+                opened = _SyncedMember(self.path, self._members[header.name], points, block)
+                skip -= int(points[block, 0])
+            with opened as fh:
                 while skip:  # not fh.seek: it decompresses through buffers of 16 MB
                     got = len(fh.read(min(skip, _READ_BYTES)))
                     if not got:
@@ -519,17 +672,21 @@ def _write_archive(path: Path, shape: tuple[int, ...], metadata: dict[str, Any],
     file beside ``path``, then move it into place (``os.replace``): ``path`` is the old file or
     the complete new one, and no temporary file is left on any failure. The spins are streamed
     into the DEFLATE-compressed zip member (as ``np.savez_compressed`` stores them), so memory
-    holds one chunk."""
+    holds one chunk, with a sync point every :data:`SYNC_BYTES` (``spins_sync``, module docstring)."""
     tmp, fd = _temporary(path, "tmp")
     try:
         with open(fd, "wb") as fh:
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
                 with archive.open("spins.npy", "w", force_zip64=True) as member:
+                    syncing = _syncing(member)
                     np.lib.format.write_array_header_1_0(
                         member, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int8)), "fortran_order": False,
                                  "shape": tuple(shape)})
                     for chunk in chunks:
                         member.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+                if syncing is not None and syncing.consumed == archive.getinfo("spins.npy").file_size:
+                    with archive.open("spins_sync.npy", "w") as index:
+                        np.lib.format.write_array(index, syncing.points())
                 with archive.open("metadata.npy", "w") as member:
                     np.lib.format.write_array(member, np.array(json.dumps(metadata, allow_nan=False)))
             fh.flush()
@@ -666,8 +823,9 @@ class SpinFile(_Closing):
     def chunks(self, rows: slice = slice(None), size: int = 4096) -> Iterator[np.ndarray]:
         """Configurations ``rows`` (a slice of step 1 of ``range(n)``) as consecutive ``(<= size,
         *lattice_shape)`` int8 arrays, read, decompressed and checked as they are consumed, so
-        memory holds one chunk whatever the file's size (configurations before ``rows.start`` are
-        decompressed, not kept). A value other than -1/+1 raises :class:`DatasetError` naming the
+        memory holds one chunk whatever the file's size; reading starts at the sync point before
+        ``rows.start`` (module docstring; in files without sync points the configurations before it
+        are decompressed, not kept). A value other than -1/+1 raises :class:`DatasetError` naming the
         configuration when its chunk is reached: a consumer that must refuse a bad file before any
         work reads it through :meth:`read` or a first pass of :meth:`chunks`."""
         start, stop, step = rows.indices(self.n)

@@ -76,7 +76,6 @@ __all__ = [
     "leading_exponent",
     "max_blocks",
     "mcrg",
-    "measure",
     "minimum_configurations",
     "run_mcrg",
 ]
@@ -203,8 +202,8 @@ class MCRGAccumulator:
         of the data from ``start`` on can be accumulated here and the parts combined with
         :meth:`merge` or, one part per process, :meth:`reduce`.
 
-    Integer values (operator sums, :func:`measure`) are accumulated exactly in int64 (see the
-    module docstring); the first :meth:`add` decides between that and float64 (non-integer
+    Integer values (operator sums, :func:`~deeprg.rsrg.operators.operator_sums`) are accumulated
+    exactly in int64 (see the module docstring); the first :meth:`add` decides between that and float64 (non-integer
     values, which :meth:`merge` and :meth:`reduce` refuse).
     """
 
@@ -261,8 +260,8 @@ class MCRGAccumulator:
         self.n_seen = sum(b - a for a, b in joined)
 
     def add(self, values: np.ndarray) -> None:
-        """Add ``(batch, levels + 1, n_operators)`` operator values (from :func:`measure`), in data
-        order, continuing from ``start`` (or from the last configuration added)."""
+        """Add ``(batch, levels + 1, n_operators)`` operator values (levels 0 .. levels of each
+        configuration), in data order, continuing from ``start`` (or from the last configuration added)."""
         v = np.asarray(values)
         expected = (self.levels + 1, len(self.operators.all))
         if v.ndim != 3 or v.shape[1:] != expected:
@@ -521,19 +520,6 @@ def check_mcrg(shape: tuple[int, ...], transforms: Sequence[RGTransform], levels
     MCRGAccumulator(n_configurations, levels, n_blocks, len(shape))
 
 
-def measure(spins: np.ndarray, transform: RGTransform, generators: Sequence[np.random.Generator],
-            level0: np.ndarray | None = None) -> np.ndarray:
-    """Operator sums at levels ``0 .. len(generators)``: ``(batch, levels + 1, n_operators)``
-    int64 (the operator set of the spins' dimension). ``level0`` (``operator_sums(spins)``) may be
-    passed to share it between transformations."""
-    values = [operator_sums(spins) if level0 is None else level0]
-    s = spins
-    for generator in generators:
-        s = transform.transform(s, generator)
-        values.append(operator_sums(s))
-    return np.stack(values, axis=1)
-
-
 def configuration_share(n_configurations: int, world: World | None = None) -> slice:
     """The configurations process ``world.rank`` (default: :func:`deeprg.distributed.current`)
     transforms: its contiguous share (:meth:`~deeprg.distributed.World.share`) of the whole stream
@@ -565,14 +551,21 @@ class _Streams:
 
 def _measure_at(spins: np.ndarray, position: int, transform: RGTransform, streams: _Streams,
                 level0: np.ndarray) -> np.ndarray:
-    """:func:`measure` of configurations ``position ..`` of the data, each stream chunk's part
-    with that chunk's generators."""
-    parts, i = [], 0
+    """Operator sums of configurations ``position ..`` of the data at levels ``0 .. levels``:
+    ``(batch, levels + 1, n_operators)`` int64 (the operator set of the spins' dimension; ``level0``
+    is ``operator_sums(spins)``). Each stream chunk's part is transformed with that chunk's
+    generators, one per level; each level's operators are summed over the whole batch at once."""
+    parts, generators, i = [], [], 0
     while i < len(spins):
         j = min(len(spins), (position + i) // STREAM_CHUNK * STREAM_CHUNK + STREAM_CHUNK - position)
-        parts.append(measure(spins[i:j], transform, streams.at(position + i), level0[i:j]))
+        parts.append(spins[i:j])
+        generators.append(streams.at(position + i))
         i = j
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    values = [level0]
+    for level in range(streams.levels):
+        parts = [transform.transform(part, g[level]) for part, g in zip(parts, generators)]
+        values.append(operator_sums(parts[0] if len(parts) == 1 else np.concatenate(parts)))
+    return np.stack(values, axis=1)
 
 
 def run_mcrg(
