@@ -122,6 +122,11 @@ def test_data_info_validates_files(cli, tmp_path):
     info = json.loads(out)
     assert info["n"] == 64 and info["metadata"]["lattice_shape"] == [4, 4]
     assert math.isfinite(info["energy_per_site"]["mean"])
+    assert info["sync_points"] == 1  # 1 KiB of spins: one block
+    with np.load(good) as npz:  # the same dataset as another program writes it
+        np.savez_compressed(tmp_path / "plain.npz", spins=npz["spins"], metadata=npz["metadata"])
+    status, out, _ = cli("data", "info", str(tmp_path / "plain.npz"))
+    assert status == 0 and "  sync points              none (readers decompress everything before" in out
 
     corrupt = tmp_path / "corrupt.npz"
     corrupt.write_text("not a zip file")

@@ -367,18 +367,30 @@ def test_sample_on_two_nodes_joined_by_rendezvous_is_bit_identical(one_process, 
 
 
 @pytest.mark.distributed
-def test_mcrg_on_two_processes_is_bit_identical(one_process, cli):
+@pytest.mark.parametrize("sync_points", [True, False], ids=["deeprg-file", "file-without-sync-points"])
+def test_mcrg_on_two_processes_is_bit_identical(one_process, cli, tmp_path, sync_points):
+    """Also from a file another program wrote (np.savez_compressed: no sync points), where the
+    second process decompresses the first's share to reach its own, with a warning saying so."""
     path, _ = one_process
     argv = ["mcrg", "--data", path, "--transform", "majority", "--levels", "2", "--blocks", "8", "--json", "--quiet"]
     status, out, _ = cli(*argv)
     assert status == 0
     one = json.loads(out)
-    run = subprocess.run([*TORCHRUN, *map(str, argv)], capture_output=True, text=True, env=ENV, timeout=300)
+    env = ENV
+    if not sync_points:
+        with np.load(path) as npz:
+            np.savez_compressed(tmp_path / "plain.npz", spins=npz["spins"], metadata=npz["metadata"])
+        argv[2] = tmp_path / "plain.npz"
+        env = {k: v for k, v in ENV.items() if k != "PYTHONWARNINGS"}
+    run = subprocess.run([*TORCHRUN, *map(str, argv)], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr
     two = json.loads(run.stdout)
     assert two["processes"] == 2 and one["processes"] == 1
-    assert {k: v for k, v in two.items() if k not in VARYING} == {k: v for k, v in one.items() if k not in VARYING}
+    varying = VARYING | {"data"}
+    assert {k: v for k, v in two.items() if k not in varying} == {k: v for k, v in one.items() if k not in varying}
     assert two["y_t"] == one["y_t"] and two["y_h"] == one["y_h"] and len(two["y_t"]) == 2
+    warned = [line for line in run.stderr.splitlines() if "no sync points" in line]
+    assert len(warned) == (0 if sync_points else 1)
 
 
 @pytest.mark.distributed

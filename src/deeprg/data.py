@@ -820,6 +820,12 @@ class SpinFile(_Closing):
     def close(self) -> None:
         self._archive.close()
 
+    def sync_points(self) -> int:
+        """How many sync points the compressed spins have (module docstring; 0: none, readers of
+        a later row decompress all before it). Raises :class:`DatasetError` if they are damaged."""
+        points = self._archive.sync_points("spins")
+        return 0 if points is None else len(points)
+
     def chunks(self, rows: slice = slice(None), size: int = 4096) -> Iterator[np.ndarray]:
         """Configurations ``rows`` (a slice of step 1 of ``range(n)``) as consecutive ``(<= size,
         *lattice_shape)`` int8 arrays, read, decompressed and checked as they are consumed, so

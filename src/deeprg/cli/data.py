@@ -71,6 +71,7 @@ def _info(args: argparse.Namespace, ds: SpinFile) -> int:
     summary = {
         "path": args.path,
         "n": ds.n,
+        "sync_points": ds.sync_points(),
         "metadata": ds.metadata,
         "energy_per_site": estimate(by_chain(e, n_chains)),
         "m2": estimate(by_chain(m**2, n_chains)),
@@ -81,6 +82,9 @@ def _info(args: argparse.Namespace, ds: SpinFile) -> int:
     print(f"{args.path}: {ds.n} configurations of shape {tuple(ds.lattice.shape)} (valid deeprg dataset)")
     for key, value in ds.metadata.items():
         print(f"  {key:24s} {value}")
+    points = summary["sync_points"]
+    print(f"  {'sync points':24s} " + (f"{points} (readers start at the block of their first configuration)" if points
+                                       else "none (readers decompress everything before their first configuration)"))
     for key in ("energy_per_site", "m2"):
         est = summary[key]
         print(f"  {key:24s} {est!s:>18s}   tau_int {est.tau_int:6.2f}")

@@ -18,6 +18,7 @@ import dataclasses
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,9 @@ def _run(args: argparse.Namespace, ds: SpinFile, transforms: list[RGTransform]) 
 
         torch.set_num_threads(threads)
     share = configuration_share(ds.n, world)
+    if world.distributed and world.main and not ds.sync_points():
+        warnings.warn("--data has no sync points (written by another program or an older deeprg): every process "
+                      f"decompresses the configurations before its share (a serial cost growing with the processes)")
     bar = tqdm(total=share.stop - share.start, disable=args.quiet or not world.main, desc="mcrg", unit="config",
                file=sys.stderr, dynamic_ncols=True)
     try:
