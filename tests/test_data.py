@@ -235,6 +235,51 @@ def test_archives_carry_a_sync_point_with_the_crc_of_every_block(tmp_path, monke
         assert zlib.decompressobj(-15).decompress(compressed[c:following]) == raw[u : u + 256]
 
 
+def test_the_file_does_not_depend_on_the_compression_threads(tmp_path, monkeypatch):
+    """Blocks compressed on 1, 2 or 5 threads: the same bytes (spins, sync points), read back
+    whole by zipfile (CRC) and np.load."""
+    monkeypatch.setattr(data_module, "SYNC_BYTES", 512)  # 1 + 60 * 96 / 512: 12 blocks
+    ds = make_dataset(shape=(8, 12), n=60)
+    files = [save_dataset(tmp_path / f"{t}.npz", ds, threads=t).read_bytes() for t in (1, 2, 5)]
+    with zipfile.ZipFile(tmp_path / "5.npz") as z:
+        assert z.testzip() is None
+    with np.load(tmp_path / "5.npz") as npz:
+        np.testing.assert_array_equal(npz["spins"], ds.spins)
+        assert len(npz["spins_sync"]) == 12
+    start, info = _member_data(tmp_path / "1.npz", "spins.npy")
+    spins = [f[start : start + info.compress_size] for f in files]
+    assert spins[0] == spins[1] == spins[2]
+
+
+def test_an_interrupted_write_stops_the_compression_threads_and_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C while the staged rows stream into the archive: no file, no staging file, and no
+    compression thread left running."""
+    import threading
+
+    monkeypatch.setattr(data_module, "SYNC_BYTES", 256)
+    ds = make_dataset(shape=(16, 16), n=64)
+    before = threading.active_count()
+    real = np.ascontiguousarray
+    calls = []
+
+    def interrupted(a, *args, **kwargs):  # the fourth chunk of rows written is interrupted
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "_WRITE_BYTES", 1024)  # 4 rows a chunk
+    with SpinWriter(tmp_path / "a.npz", 64, (16, 16)) as writer:
+        writer.put(0, ds.spins)
+        monkeypatch.setattr(data_module.np, "ascontiguousarray", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            writer.finish(ds.metadata, threads=3)
+        monkeypatch.setattr(data_module.np, "ascontiguousarray", real)
+    assert os.listdir(tmp_path) == []
+    assert threading.active_count() == before
+    assert not [t for t in threading.enumerate() if t.name.startswith("deflate")]
+
+
 def test_a_reader_starts_at_the_sync_point_before_its_first_row(tmp_path, monkeypatch):
     """The compressed bytes of block 1 destroyed: rows from block 3 on still stream (nothing
     before their sync point is read), rows from the start fail with a DatasetError. (Blocks of
@@ -292,11 +337,11 @@ def test_where_zipfile_differs_the_archive_is_written_without_sync_points(tmp_pa
     """Another Python's zipfile: a member without the private ``_compressor`` gets none, and a
     compressor that did not see every byte of the member (zipfile no longer uses the attribute)
     writes no sync points; the archive then streams from any row by decompressing from the start."""
-    assert data_module._syncing(object()) is None
+    assert data_module._syncing(object(), 1) is None
     if python == "no _compressor":
-        monkeypatch.setattr(data_module, "_syncing", lambda member: None)
+        monkeypatch.setattr(data_module, "_syncing", lambda member, threads: None)
     else:
-        monkeypatch.setattr(data_module, "_syncing", lambda member: data_module._SyncingCompressor(64))
+        monkeypatch.setattr(data_module, "_syncing", lambda member, threads: data_module._SyncingCompressor(64, 1))
     ds = make_dataset(shape=(16, 16), n=40)
     path = save_dataset(tmp_path / "a.npz", ds)
     with zipfile.ZipFile(path) as z:

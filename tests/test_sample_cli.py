@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import deeprg.cli.sample as sample_cli
+import deeprg.data as data_module
 from deeprg.cli.sample import MIN_BETA, MIN_PER_CHAIN, estimated_memory
 from deeprg.data import load_dataset
 
@@ -147,9 +148,10 @@ def test_data_info_agrees_with_the_sample_summary(cli, tmp_path):
 
 
 def test_sample_stages_the_configurations_on_disk_holding_a_chunk_in_memory(cli, tmp_path, monkeypatch):
-    """20000 32x32 configurations (20 MB of spins) with chunks of at most 1 MiB: the command's peak of
-    traced allocations stays below a quarter of the data (4 MB measured), and the file holds exactly the configurations of
-    the library's in-memory run (chain after chain)."""
+    """20000 32x32 configurations (20 MB of spins) with chunks of at most 1 MiB and compression
+    blocks of 256 KiB: the command's peak of traced allocations stays below a quarter of the data
+    (4 MB measured), and the file holds exactly the configurations of the library's in-memory run
+    (chain after chain)."""
     import tracemalloc
 
     from deeprg import Lattice
@@ -157,6 +159,7 @@ def test_sample_stages_the_configurations_on_disk_holding_a_chunk_in_memory(cli,
     from deeprg.models.ising import K_C
 
     monkeypatch.setattr(sample_cli, "CHUNK_BYTES", 1 << 20)
+    monkeypatch.setattr(data_module, "SYNC_BYTES", 1 << 18)  # the compressor's blocks in flight: ~1 MB
     path = tmp_path / "x.npz"
     assert cli("sample", "ising", "--L", "32", "--n", "400", "--quiet", "--out", path)[0] == 0  # numba compiled first
     tracemalloc.start()

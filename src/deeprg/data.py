@@ -40,7 +40,9 @@ import re
 import secrets
 import zipfile
 import zlib
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -330,51 +332,92 @@ SYNC_BYTES = 1 << 20
 _LOCAL_HEADER_BYTES = 30
 
 
+def _deflate_block(block: bytes) -> tuple[bytes, int]:
+    """One block as raw DEFLATE from a fresh compressor at zlib's default level, ended by a full
+    flush (byte-aligned, not final), and its CRC-32. zlib releases the GIL: blocks compress in
+    parallel threads."""
+    deflate = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+    return deflate.compress(block) + deflate.flush(zlib.Z_FULL_FLUSH), zlib.crc32(block)
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 class _SyncingCompressor:
-    """Raw DEFLATE at zlib's default level, as :mod:`zipfile` compresses a member, with a full
-    flush every ``block`` input bytes (the sync points of the module docstring). ``points()``:
-    the ``(k, 3)`` int64 sync points of what was compressed; ``consumed``: input bytes seen."""
+    """Raw DEFLATE at zlib's default level, as :mod:`zipfile` compresses a member, in blocks of
+    ``block`` input bytes, each compressed on its own (the compressor's history starts afresh at
+    every sync point of the module docstring, as after a full flush) by ``threads`` threads and
+    written in order; the stream ends with an empty final block. The bytes do not depend on
+    ``threads``. ``points()``: the ``(k, 3)`` int64 sync points; ``consumed``: input bytes seen.
+    Memory: about ``threads + 2`` blocks. ``close()`` stops the threads (idempotent)."""
 
-    def __init__(self, block: int) -> None:
-        self._deflate = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
-        self._block, self.consumed, self._produced, self._crc = block, 0, 0, 0
-        self._points: list[list[int]] = [[0, 0, 0]]
+    def __init__(self, block: int, threads: int) -> None:
+        self._block, self._threads = block, threads
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deflate")
+        self._queued: deque[tuple[int, Future]] = deque()
+        self._buffer = bytearray()
+        self.consumed, self._produced = 0, 0
+        self._points: list[tuple[int, int, int]] = []
 
-    def _out(self, data: bytes) -> bytes:
-        self._produced += len(data)
-        return data
+    def _submit(self, data: bytes) -> None:
+        self._queued.append((self.consumed, self._pool.submit(_deflate_block, data)))
+        self.consumed += len(data)
+
+    def _collect(self, wait_until: int) -> bytes:
+        """The compressed blocks done, in order, waiting while more than ``wait_until`` are queued."""
+        pieces = []
+        while self._queued and (len(self._queued) > wait_until or self._queued[0][1].done()):
+            start, future = self._queued.popleft()
+            compressed, crc = future.result()
+            self._points.append((start, self._produced, crc))
+            self._produced += len(compressed)
+            pieces.append(compressed)
+        return b"".join(pieces)
 
     def compress(self, data) -> bytes:
-        view, pieces = memoryview(data).cast("B"), []
-        while len(view):
-            room = self._block - self.consumed % self._block
-            piece, view = view[:room], view[room:]
-            pieces.append(self._out(self._deflate.compress(piece)))
-            self._crc, self.consumed = zlib.crc32(piece, self._crc), self.consumed + len(piece)
-            if self.consumed % self._block == 0:
-                pieces.append(self._out(self._deflate.flush(zlib.Z_FULL_FLUSH)))
-                self._points[-1][2], self._crc = self._crc, 0
-                self._points.append([self.consumed, self._produced, 0])
+        view = memoryview(data).cast("B")
+        if self._buffer:  # complete the partial block first
+            taken = min(len(view), self._block - len(self._buffer))
+            self._buffer += view[:taken]
+            view = view[taken:]
+            if len(self._buffer) == self._block:
+                self._submit(bytes(self._buffer))
+                self._buffer.clear()
+        whole = len(view) // self._block * self._block
+        pieces = []
+        for first in range(0, whole, self._block):
+            self._submit(bytes(view[first : first + self._block]))  # a copy: the caller may reuse its buffer
+            pieces.append(self._collect(wait_until=self._threads))
+        self._buffer += view[whole:]
+        pieces.append(self._collect(wait_until=self._threads))
         return b"".join(pieces)
 
     def flush(self, mode: int = zlib.Z_FINISH) -> bytes:
-        return self._out(self._deflate.flush(mode))
+        if mode != zlib.Z_FINISH:
+            raise ValueError("only the final flush is supported")
+        if self._buffer:
+            self._submit(bytes(self._buffer))
+            self._buffer.clear()
+        tail = self._collect(wait_until=0) + zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15).flush()
+        self.close()
+        return tail
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def points(self) -> np.ndarray:
-        points = self._points if self.consumed > self._points[-1][0] else self._points[:-1]
-        if points is self._points:
-            points[-1][2] = self._crc
-        return np.array(points, dtype=np.int64).reshape(-1, 3)
+        return np.array(self._points, dtype=np.int64).reshape(-1, 3)
 
 
-def _syncing(member: io.BufferedIOBase) -> _SyncingCompressor | None:
+def _syncing(member: io.BufferedIOBase, threads: int) -> _SyncingCompressor | None:
     """Give the zip member ``member`` (opened for writing, DEFLATE) a :class:`_SyncingCompressor`:
     :mod:`zipfile` has no public way to flush a member's stream, so this replaces its compressor
     (the private ``_compressor``, the same since Python 3.6). ``None`` where that attribute is not
-    a zlib compressor: the archive is then written without sync points."""
+    a zlib compressor: the archive is then written without sync points, on one thread."""
     if type(getattr(member, "_compressor", None)) is not type(zlib.compressobj()):
         return None
-    member._compressor = _SyncingCompressor(SYNC_BYTES)  # type: ignore[attr-defined]
+    member._compressor = _SyncingCompressor(SYNC_BYTES, threads)  # type: ignore[attr-defined]
     return member._compressor  # type: ignore[attr-defined]
 
 
@@ -666,19 +709,22 @@ def _temporary(path: Path, kind: str) -> tuple[Path, int]:
         raise DatasetError(f"{path}: cannot write in {directory}: {_one_line(exc)}") from exc
 
 
-def _write_archive(path: Path, shape: tuple[int, ...], metadata: dict[str, Any], chunks: Iterable[np.ndarray]) -> Path:
+def _write_archive(path: Path, shape: tuple[int, ...], metadata: dict[str, Any], chunks: Iterable[np.ndarray],
+                   threads: int | None = None) -> Path:
     """Write the ``deeprg.spins/1`` archive of ``(n, *lattice)`` int8 spins ``shape`` given as
     consecutive C-ordered ``chunks`` of rows (already checked), and ``metadata``, to a temporary
     file beside ``path``, then move it into place (``os.replace``): ``path`` is the old file or
     the complete new one, and no temporary file is left on any failure. The spins are streamed
     into the DEFLATE-compressed zip member (as ``np.savez_compressed`` stores them), so memory
-    holds one chunk, with a sync point every :data:`SYNC_BYTES` (``spins_sync``, module docstring)."""
+    holds one chunk and a few blocks, with a sync point every :data:`SYNC_BYTES` (``spins_sync``,
+    module docstring), the blocks compressed by ``threads`` threads (default: the usable cores)."""
     tmp, fd = _temporary(path, "tmp")
+    syncing = None
     try:
         with open(fd, "wb") as fh:
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
                 with archive.open("spins.npy", "w", force_zip64=True) as member:
-                    syncing = _syncing(member)
+                    syncing = _syncing(member, _usable_cores() if threads is None else threads)
                     np.lib.format.write_array_header_1_0(
                         member, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int8)), "fortran_order": False,
                                  "shape": tuple(shape)})
@@ -697,6 +743,9 @@ def _write_archive(path: Path, shape: tuple[int, ...], metadata: dict[str, Any],
         if isinstance(exc, (OSError, zipfile.LargeZipFile)):
             raise DatasetError(f"{path}: writing failed: {_one_line(exc)}") from exc
         raise
+    finally:
+        if syncing is not None:
+            syncing.close()
     return path
 
 
@@ -710,8 +759,9 @@ def _row_chunks(spins: np.ndarray) -> Iterator[np.ndarray]:
     return (spins[i : i + step] for i in range(0, len(spins), step))
 
 
-def save_dataset(path: str | os.PathLike[str], dataset: SpinDataset) -> Path:
-    """Validate ``dataset`` and write it to exactly ``path`` (no suffix is added; use ``.npz``).
+def save_dataset(path: str | os.PathLike[str], dataset: SpinDataset, threads: int | None = None) -> Path:
+    """Validate ``dataset`` and write it to exactly ``path`` (no suffix is added; use ``.npz``),
+    compressing on ``threads`` threads (default: the usable cores; the file is the same for any).
 
     The file is written to a temporary file in the same directory and moved into place with
     ``os.replace``, so ``path`` is either the old file or the complete new one; on any failure
@@ -721,7 +771,7 @@ def save_dataset(path: str | os.PathLike[str], dataset: SpinDataset) -> Path:
     path = Path(path)
     spins = np.ascontiguousarray(dataset.spins)  # C order: SpinFile.chunks streams rows
     _validate(spins, dataset.metadata, path)
-    return _write_archive(path, spins.shape, dataset.metadata, _row_chunks(spins))
+    return _write_archive(path, spins.shape, dataset.metadata, _row_chunks(spins), threads)
 
 
 class SpinWriter(_Closing):
@@ -772,10 +822,10 @@ class SpinWriter(_Closing):
             raise DatasetError(f"{self.path}: staging failed: {_one_line(exc)}") from exc
         self._written[first : first + len(spins)] = True
 
-    def finish(self, metadata: dict[str, Any]) -> Path:
+    def finish(self, metadata: dict[str, Any], threads: int | None = None) -> Path:
         """Write the archive with ``metadata`` (checked as :func:`save_dataset` does, its
-        ``lattice_shape`` equal to this writer's) and move it to ``path``; remove the staging
-        file. Raises :class:`DatasetError` if a row was never put or the metadata are invalid
+        ``lattice_shape`` equal to this writer's), compressed on ``threads`` threads (default: the
+        usable cores), and move it to ``path``; remove the staging file. Raises :class:`DatasetError` if a row was never put or the metadata are invalid
         (nothing written then)."""
         missing = np.flatnonzero(~self._written)
         if missing.size:
@@ -797,7 +847,7 @@ class SpinWriter(_Closing):
                 yield chunk
 
         try:
-            return _write_archive(self.path, (self.n, *self.lattice_shape), metadata, staged())
+            return _write_archive(self.path, (self.n, *self.lattice_shape), metadata, staged(), threads)
         finally:
             self.close()
 

@@ -6,8 +6,9 @@ stream depends on its global index only), the burn-in and ``--thin auto`` are de
 chains' data, and rank 0 gathers the configurations and series chunk by chunk in chain order,
 computes the estimates and writes the dataset, exactly as one process does. The configurations
 are staged on disk as they come (:class:`deeprg.data.SpinWriter`; at most :data:`CHUNK_BYTES`
-of spins in memory) and compressed into the dataset at the end. The dataset's spins and the
-estimates are bit-identical whatever the number of processes.
+of spins in memory) and compressed into the dataset at the end (in blocks, on every usable core
+unless ``--threads`` is given). The dataset's spins and the estimates are bit-identical whatever
+the number of processes.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="independent chains, run in parallel; must divide --n; under torchrun at least the "
                    "number of processes, which share them [2]")
     q.add_argument("--threads", type=cpu_threads, default=None,
-                   help="threads per process [min(chains of the process, cores / processes on this node)]")
+                   help="threads per process [min(chains of the process, cores / processes on this node); "
+                        "the final compression: all cores]")
     q.add_argument("--thin", type=thinning, default="auto",
                    help="updates between saved configurations, or 'auto' (2 tau_int of the energy, "
                    "measured in the second half of the burn-in) [auto]")
@@ -312,9 +314,10 @@ def run(args: argparse.Namespace) -> int:
         if exact is not None:
             summary["exact_energy_per_site"] = exact.energy_per_site
             summary["exact_specific_heat_per_site"] = exact.specific_heat_per_site
+        # rank 0 alone compresses: on every usable core unless --threads says otherwise
         writer.finish(dataset_metadata(
             lattice.shape, K=K, sampler=args.sampler, updates_between_samples=int(first.thin), seed=args.seed,
-            n_chains=args.chains, tau_int=energy.tau_int, burn_in=int(first.burn_in)))
+            n_chains=args.chains, tau_int=energy.tau_int, burn_in=int(first.burn_in)), threads=args.threads)
     if args.json:
         print_json(summary)
     else:
