@@ -10,9 +10,9 @@ File format ``deeprg.spins/1``: an ``.npz`` archive (DEFLATE-compressed members,
 
 and, in files deeprg writes, ``spins_sync``: the sync points of the compressed spins, an ``int64``
 array of rows ``(uncompressed offset, compressed offset, CRC-32)``, one per block of
-:data:`SYNC_BYTES` of the ``spins.npy`` member (its ``.npy`` header included). The DEFLATE stream
-is fully flushed at each block's start (the compressor's history reset, the output byte-aligned;
-still one valid stream that ``np.load`` reads as before), so a reader can start inflating at the
+:data:`SYNC_BYTES` of the ``spins.npy`` member (its ``.npy`` header included). Each block is
+compressed on its own and ends byte-aligned (as after a full flush; still one valid DEFLATE stream
+that ``np.load`` reads as before; blocks compress in parallel), so a reader can start inflating at the
 block that holds its first row instead of decompressing everything before it, and checks each
 block it reads whole against its CRC-32. Files without the array (written by other programs or
 before it existed) are read by decompressing from the start.
@@ -341,6 +341,7 @@ def _deflate_block(block: bytes) -> tuple[bytes, int]:
 
 
 def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
