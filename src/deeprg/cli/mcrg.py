@@ -195,7 +195,7 @@ def _run(args: argparse.Namespace, ds: SpinFile, transforms: list[RGTransform]) 
     share = configuration_share(ds.n, world)
     if world.distributed and world.main and not ds.sync_points():
         warnings.warn("--data has no sync points (written by another program or an older deeprg): every process "
-                      f"decompresses the configurations before its share (a serial cost growing with the processes)")
+                      "decompresses the configurations before its share (a serial cost growing with the processes)")
     bar = tqdm(total=share.stop - share.start, disable=args.quiet or not world.main, desc="mcrg", unit="config",
                file=sys.stderr, dynamic_ncols=True)
     try:
