@@ -1,5 +1,7 @@
-"""The GPU path: flow training and the FFT target, RBM training, the RBM projector and MCRG on CUDA
-(skipped where torch has no CUDA; CI has none). Run on a GPU machine with ``python -m pytest -m cuda``."""
+"""The GPU path on CUDA: flow training and the FFT target, the flow's chains and estimators (HMC,
+independence Metropolis, IS, AIS, SMC, bridge) and the commands that use a run, RBM training, the
+RBM projector and MCRG, CORA (skipped where torch has no CUDA; CI has none). Run on a GPU machine
+with ``python -m pytest -m cuda`` (``benchmarks/device_check.sh`` runs these and the GPU benchmark)."""
 
 from __future__ import annotations
 
@@ -34,13 +36,21 @@ def test_flow_training_keeps_parameters_and_buffers_on_the_gpu():
     assert all(b.device.type == "cuda" for b in trainer.target.buffers())
 
 
-def _host_to_device_copies(step) -> list[str]:
-    """Names of the host-to-device copies that two calls of ``step()`` make."""
+def _host_to_device_copies(step, calls: int = 2) -> list[str]:
+    """Names of the host-to-device copies that ``calls`` calls of ``step()`` make."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        step()
-        step()
+        for _ in range(calls):
+            step()
         torch.cuda.synchronize()
     return [e.name for e in prof.events() if "HtoD" in e.name]
+
+
+def _copies_per_step(run) -> int:
+    """Host-to-device copies that ``run(n)`` (a chain or estimator of ``n`` steps, batches or
+    temperatures) makes per step beyond its fixed start-up ones: the count at 4 steps minus the
+    count at 2 steps (0 when nothing is copied step by step)."""
+    run(2)  # warm-up: casts cached, kernels chosen
+    return len(_host_to_device_copies(lambda: run(4), 1)) - len(_host_to_device_copies(lambda: run(2), 1))
 
 
 def test_a_training_step_copies_nothing_from_host_to_device():
@@ -67,6 +77,98 @@ def test_flow_train_command_runs_on_cuda(cli, tmp_path):
     assert status == 0, err
     metrics = json.loads(out)
     assert math.isfinite(metrics["variational_free_energy"]["mean"])
+
+
+def test_the_fft_target_on_the_gpu_matches_the_dense_target_on_the_cpu_in_float64():
+    from deeprg import Lattice
+    from deeprg.models.ising import K_C
+    from deeprg.models.relaxed import RelaxedIsing
+
+    for L in (4, 16):
+        lattice = Lattice.square(L)
+        dense = RelaxedIsing(lattice, K_C, method="dense").double()
+        fft = RelaxedIsing(lattice, K_C).double().cuda()
+        x = torch.randn(8, L, L, dtype=torch.float64, generator=torch.Generator().manual_seed(L))
+        assert torch.allclose(fft.log_prob_unnormalized(x.cuda()).cpu(), dense.log_prob_unnormalized(x),
+                              rtol=1e-10, atol=1e-10)
+    big = RelaxedIsing(Lattice.square(64), K_C).double()  # 64 x 64: the FFT target on both devices
+    x = torch.randn(4, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(64))
+    assert torch.allclose(big.cuda().log_prob_unnormalized(x.cuda()).cpu(), big.cpu().log_prob_unnormalized(x),
+                          rtol=1e-10, atol=1e-10)
+
+
+# ---- the flow's chains and estimators ---------------------------------------------------------------
+def _chains_and_estimators():
+    """name -> ``run(n)``: a chain or estimator of the trained GPU flow with ``n`` steps,
+    batches or temperatures."""
+    from deeprg.flows.annealing import annealed_importance_sampling, latent_log_weight
+    from deeprg.flows.estimators import importance_ln_z, independence_metropolis, ising_observables
+    from deeprg.flows.sampling import hmc_in_space
+    from deeprg.flows.smc import _Path
+
+    trainer = _trainer(steps=5)
+    for _ in range(5):
+        trainer.step()
+    flow, target = trainer.flow, trainer.target
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x0 = flow.sample(16, gen).detach()
+    observables = ising_observables(target, gen)
+    path = _Path(flow.log_prior, latent_log_weight(flow, target), 0.5)
+    z0 = flow.sample_latent(16, gen)
+    return {
+        "latent HMC": lambda n: hmc_in_space(flow, target, "latent", x0, n, n_leapfrog=2, generator=gen),
+        "physical HMC": lambda n: hmc_in_space(flow, target, "physical", x0, n, n_leapfrog=2, generator=gen),
+        "independence MH": lambda n: independence_metropolis(flow, target, n, 16, observables, gen),
+        "IS": lambda n: importance_ln_z(flow, target, 32 * n, batch=32, generator=gen, observables=observables),
+        "AIS": lambda n: annealed_importance_sampling(flow, target, 32, n + 1, 2, batch=32, pilot=8,
+                                                      observables=observables, generator=gen),
+        "SMC moves": lambda n: path.hmc_moves(z0, 0.1, n, 2, 0.2, 0.8, gen),
+    }
+
+
+def test_flow_chains_and_estimators_stay_on_the_gpu_and_copy_nothing_per_step_from_the_host():
+    runs = _chains_and_estimators()
+    for name, run in runs.items():
+        result = run(2)
+        tensors = [v for v in vars(result).values() if isinstance(v, torch.Tensor)] if hasattr(result, "__dict__") \
+            else [t for t in result if isinstance(t, torch.Tensor)]
+        assert any(t.device.type == "cuda" for t in tensors) or name in ("IS", "AIS"), name
+        assert _copies_per_step(run) <= 0, name
+
+
+@pytest.mark.filterwarnings("ignore:chain length", "ignore:no Sokal window", "ignore:importance weights",
+                            "ignore:.*differs from the reference")
+def test_the_commands_on_a_flow_run_work_on_cuda(cli, tmp_path):
+    run = tmp_path / "run"
+    status, _, err = cli("flow", "train", "--L", "4", "--steps", "200", "--batch", "256", "--hidden", "8",
+                         "--device", "cuda", "--out", run, "--quiet")
+    assert status == 0, err
+    for method, extra in (("is", ()), ("ais", ("--anneal", "4")), ("smc", ("--replicas", "2")),
+                          ("bridge", ("--pi-source", "hmc", "--pi-samples", "256")), ("bridge", ())):
+        status, out, err = cli("flow", "estimate", run, "--method", method, "--samples", "256", "--leapfrog", "2",
+                               *extra, "--device", "cuda", "--json", "--quiet")
+        assert status == 0, (method, err)
+        s = json.loads(out)
+        assert s["method"] == method and s["device"] == "cuda", s
+        # 4x4: ln Z is known exactly; an honest error bar covers it (loosely: short runs)
+        assert abs(s["ln_z"]["mean"] - s["exact_ln_z"]) < 6 * s["ln_z"]["error"] + 0.05, (method, s["ln_z"])
+    status, out, err = cli("flow", "sample", run, "--n", "8", "--out", tmp_path / "s.npz", "--device", "cuda",
+                           "--json")
+    assert status == 0, err
+    assert np.load(tmp_path / "s.npz")["x"].shape == (8, 4, 4)
+    status, out, err = cli("flow", "hmc", run, "--space", "both", "--chains", "8", "--steps", "30", "--warmup", "10",
+                           "--leapfrog", "3", "--device", "cuda", "--json", "--quiet")
+    assert status == 0, err
+    s = json.loads(out)
+    assert all(0 < s[space]["structure_factor"]["mean"] <= 1 for space in ("latent", "physical"))
+    status, out, err = cli("flow", "mh", run, "--chains", "8", "--steps", "40", "--warmup", "5", "--device", "cuda",
+                           "--json", "--quiet")
+    assert status == 0, err
+    assert 0 < json.loads(out)["acceptance"] <= 1
+    status, out, err = cli("flow", "analyze", run, "--samples", "128", "--out", tmp_path / "analysis",
+                           "--device", "cuda", "--json")
+    assert status == 0, err
+    assert np.array(json.loads(out)["mi_physical"]).shape == (16, 16)
 
 
 # ---- the RBM projector: training, projection, MCRG -----------------------------------------------
@@ -211,3 +313,27 @@ def test_rsrg_train_mcrg_and_exponent_vs_epoch_run_on_cuda(cli, tmp_path):
                                "--out", run, "--quiet", "--json")
     assert status == 0, err
     assert json.loads(out)["epochs"] == 3
+
+
+# ---- CORA -----------------------------------------------------------------------------------------
+def test_cora_train_sample_and_eval_run_on_cuda(cli, tmp_path):
+    from deeprg import Lattice
+    from deeprg.data import SpinDataset, save_dataset
+    from deeprg.mc import make_sampler
+
+    run1d = make_sampler("wolff", Lattice((16,)), 1.0, seed=1).run(200, thin=4)
+    data = save_dataset(tmp_path / "ising1d.npz", SpinDataset.new(run1d.spins_flat(), K=1.0, sampler="wolff",
+                                                                  updates_between_samples=4, seed=1))
+    run = tmp_path / "cora"
+    status, out, err = cli("cora", "train", "--data", data, "--epochs", "3", "--device", "cuda", "--out", run,
+                           "--quiet", "--json")
+    assert status == 0, err
+    assert json.loads((run / "config.json").read_text())["device"] == "cuda"
+    status, out, err = cli("cora", "sample", run, "--n", "10", "--out", tmp_path / "s.npz", "--device", "cuda",
+                           "--json")
+    assert status == 0, err
+    assert json.loads(out)["device"] == "cuda"
+    status, out, err = cli("cora", "eval", run, "--data", data, "--samples", "200", "--device", "cuda", "--json")
+    assert status == 0, err
+    s = json.loads(out)
+    assert s["device"] == "cuda" and math.isfinite(s["window_nll_per_site"]["mean"])

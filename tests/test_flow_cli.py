@@ -33,7 +33,7 @@ def test_estimate_reports_ln_z_with_error_and_ess(cli, run_dir):
     assert s["exact_ln_z"] == pytest.approx(37.377, abs=1e-3)
     # the bound: -F_q <= ln Z, and the importance estimate is unbiased (loose: few samples)
     assert -s["variational_free_energy"]["mean"] <= s["exact_ln_z"] + 4 * s["variational_free_energy"]["error"]
-    assert s["method"] == "is" and 0 < s["structure_factor"]["mean"] < 1
+    assert s["method"] == "is" and s["device"] == "cpu" and 0 < s["structure_factor"]["mean"] < 1
     assert -2 < s["energy_per_site"]["mean"] < 0 and s["energy_per_site"]["error"] > 0
 
 
@@ -76,7 +76,7 @@ def test_independence_mh_reports_observables_acceptance_and_tau(cli, run_dir):
     for key in ("structure_factor", "energy_per_site"):
         assert set(s[key]) == {"mean", "error"}
     assert 0 < s["acceptance"] <= 1 and set(s["tau_int"]) == {"structure_factor", "energy_per_site"}
-    assert (s["chains"], s["steps"], s["warmup"]) == (8, 40, 5)
+    assert (s["chains"], s["steps"], s["warmup"], s["device"]) == (8, 40, 5, "cpu")
 
 
 def test_hmc_in_both_spaces_writes_summary_and_fig3b_plots(cli, run_dir, tmp_path):

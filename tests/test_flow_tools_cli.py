@@ -182,7 +182,7 @@ def test_sample_writes_npz_and_png_beside_it_and_json(cli, run, tmp_path):
     status, out, _ = cli("flow", "sample", run, "--n", "6", "--out", tmp_path / "s.npz", "--json")
     assert status == 0
     s = _strict_json(out)
-    assert s == {"samples": 6, "seed": 0, "shape": [6, 4, 4], "out": str(tmp_path / "s.npz"),
+    assert s == {"samples": 6, "seed": 0, "device": "cpu", "shape": [6, 4, 4], "out": str(tmp_path / "s.npz"),
                  "picture": str(tmp_path / "s.png"), "processes": 1}
     assert np.load(tmp_path / "s.npz", allow_pickle=False)["x"].shape == (6, 4, 4)
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"

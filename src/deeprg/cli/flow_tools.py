@@ -402,6 +402,7 @@ def run_estimate(args: argparse.Namespace) -> int:
         "deviation_sigma": None if exact is None or not ln_z.error > 0 else (ln_z.mean - exact) / ln_z.error,
         "samples": n,
         "seed": args.seed,
+        "device": str(trainer.device),
         "seconds": seconds,
         "cpu_seconds": cpu,
         "precision": "log-weights and sums in float64",
@@ -465,8 +466,8 @@ def run_sample(args: argparse.Namespace) -> int:
         field_grid(np.concatenate([x_np[:32], s_np[:32].astype(np.float32) * np.abs(x_np).max()]), png,
                    title=f"flow samples: fields x (first rows) and spins s ~ pi(s|x), L={trainer.cfg.L}")
     if args.json:
-        print_json({"samples": args.n, "seed": args.seed, "shape": list(x_np.shape), "out": out, "picture": png,
-                    "processes": world.size})
+        print_json({"samples": args.n, "seed": args.seed, "device": str(trainer.device), "shape": list(x_np.shape),
+                    "out": out, "picture": png, "processes": world.size})
         return 0
     print(f"wrote {args.n} samples to {out}" + (f" and {png}" if png is not None else "")
           + (f" ({world.size} processes)" if world.distributed else ""))
@@ -540,7 +541,8 @@ def run_mh(args: argparse.Namespace) -> int:
     summary, stats = _chain_summary(production, float(result.acceptance[args.warmup:].mean()),
                                     time.perf_counter() - t0)
     reference = ising_reference(trainer.target.lattice, trainer.cfg.beta, seed=args.seed)
-    summary.update(chains=args.chains, steps=args.steps, warmup=args.warmup, seed=args.seed, processes=world.size,
+    summary.update(chains=args.chains, steps=args.steps, warmup=args.warmup, seed=args.seed,
+                   device=str(trainer.device), processes=world.size,
                    reference={name: {"mean": est.mean, "error": est.error} for name, est in reference.items()})
     if args.json:
         print_json(summary)
@@ -589,7 +591,7 @@ def run_hmc(args: argparse.Namespace) -> int:
         return 0
     reference = ising_reference(target.lattice, trainer.cfg.beta, seed=args.seed) if out or args.space == "both" else None
     common = {"chains": args.chains, "steps": args.steps, "warmup": args.warmup, "start": args.start,
-              "seed": args.seed, "processes": world.size}
+              "seed": args.seed, "device": str(trainer.device), "processes": world.size}
     if len(spaces) == 1:
         summary = {"space": spaces[0], **summaries[spaces[0]], **common}
     else:
@@ -643,6 +645,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     summary = {
         "samples": args.samples,
         "seed": args.seed,
+        "device": str(trainer.device),
         "top_latent_sites": top.tolist(),
         "response_maps": maps.tolist(),
         "mi_sites": sites.tolist(),

@@ -279,7 +279,7 @@ def ising_observables(target, generator: torch.Generator | None = None, random_s
     Each call draws fresh spins; with ``random_sign`` the field's global sign is drawn at random
     first (needed for a Z2-symmetrized flow's latent sampler, see the module docstring).
     """
-    bonds = torch.tensor(target.lattice.bonds, dtype=torch.long)
+    bonds = {torch.device("cpu"): torch.tensor(target.lattice.bonds, dtype=torch.long)}  # device -> bonds
     n = target.lattice.n_sites
 
     def spins(x: Tensor) -> Tensor:
@@ -292,7 +292,9 @@ def ising_observables(target, generator: torch.Generator | None = None, random_s
 
     def energy_per_site(x: Tensor) -> Tensor:
         s = spins(x)
-        b = bonds.to(x.device)
+        if x.device not in bonds:  # copied to a device once, not at every step of a chain
+            bonds[x.device] = bonds[torch.device("cpu")].to(x.device)
+        b = bonds[x.device]
         return -(s[:, b[:, 0]] * s[:, b[:, 1]]).sum(1) / n
 
     return {"structure_factor": structure_factor, "energy_per_site": energy_per_site}
