@@ -120,11 +120,28 @@ def _apply(T: Tensor, labels: list, inputs: tuple, table: Tensor, outputs: tuple
     return T, [labels[i] for i in rest] + list(outputs)
 
 
+#: (id of an owner, device) -> (the owner, a long tensor on the device); see :func:`_on_device`.
+_ON_DEVICE: dict = {}
+
+
+def _on_device(owner, device: torch.device, build=None) -> Tensor:
+    """The index array ``build(owner)`` (``owner`` itself without ``build``) of the cached plans
+    as a long tensor on ``device``, made once per owner and device: the plans are cached
+    geometry, so a GPU gets each index once, not at every evaluation of the marginals. The entry
+    holds ``owner``, so its id stays unique while the entry lives."""
+    key = (id(owner), device)
+    hit = _ON_DEVICE.get(key)
+    if hit is None or hit[0] is not owner:
+        index = owner if build is None else build(owner)
+        hit = _ON_DEVICE[key] = (owner, torch.as_tensor(index, dtype=torch.long, device=device))
+    return hit[1]
+
+
 def _run_plan(net: Cora, layer: int, plan: ClassPlan, source: Tensor, source_width: int, tables: dict) -> Tensor:
     d_coarse, d_fine, k = net.dim(layer), net.dim(layer - 1), 2**net.d
     device = source.device
     B = len(plan.source_starts)
-    T = source[torch.as_tensor(plan.source_starts, device=device)]
+    T = source[_on_device(plan.source_starts, device)]
     n_axes = source_width**net.d
     T = T.reshape((B,) + (d_coarse,) * n_axes)
     drop = [a + 1 for a in range(n_axes) if a not in plan.source_keep]
@@ -138,7 +155,7 @@ def _run_plan(net: Cora, layer: int, plan: ClassPlan, source: Tensor, source_wid
             tables[key] = _kept(probs, d_fine, k, op.keep)
         table = tables[key]
         if table.shape[0] > 1:
-            table = table[torch.as_tensor(op.positions, device=device)]
+            table = table[_on_device(op.positions, device)]
         T, labels = _apply(T, labels, op.inputs, table, op.outputs, d_fine)
     perm = [labels.index(lab) + 1 for lab in plan.output_labels]
     return T.permute(0, *perm).reshape(B, -1)
@@ -160,8 +177,7 @@ def layer_windows(net: Cora, layer: int, source: Tensor, source_width: int, w: i
         joint = parts[0].reshape((net.dim(layer - 1),) * n_axes)
         perms = rotation_permutations(net.d, fine_extent)
         return torch.stack([joint.permute(*p.tolist()).reshape(-1) for p in perms])
-    starts = np.concatenate([plan.fine_starts for plan in plans])
-    order = torch.as_tensor(np.argsort(starts), device=source.device)
+    order = _on_device(plans, source.device, lambda ps: np.argsort(np.concatenate([p.fine_starts for p in ps])))
     return torch.cat(parts)[order]
 
 

@@ -261,6 +261,11 @@ class BlockRealNVP(nn.Module):
         self.spline_bins, self.spline_bound = int(spline_bins), float(spline_bound)
         per_variable = 2 + (3 * spline_bins - 1 if spline_bins else 0)
         self.partitions = coupling_partitions(k, n_couplings)
+        # the partitions as index buffers, moved with the module: indexing by a Python list would
+        # copy the list to a GPU at every coupling of every step
+        for c, (cond, upd) in enumerate(self.partitions):
+            self.register_buffer(f"_cond{c}", torch.tensor(cond, dtype=torch.long), persistent=False)
+            self.register_buffer(f"_upd{c}", torch.tensor(upd, dtype=torch.long), persistent=False)
         self.shared = bool(shared)
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"kernel must be an odd integer >= 1, got {kernel}")
@@ -291,38 +296,36 @@ class BlockRealNVP(nn.Module):
         return rational_quadratic_spline(v, params[..., :k], params[..., k:2 * k], params[..., 2 * k:],
                                          self.spline_bound, inverse=inverse)
 
+    def _couplings(self) -> list[tuple[nn.Module, Tensor, Tensor]]:
+        """``(net, cond, upd)`` of each coupling in renormalization order, ``cond`` and ``upd``
+        the index buffers of the conditioning and updated variables."""
+        return [(net, getattr(self, f"_cond{c}"), getattr(self, f"_upd{c}")) for c, net in enumerate(self.nets)]
+
     def renormalize(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(batch, n_blocks, k) -> (z, log|det dz/dx|)``; logdet of shape ``(batch,)``."""
         logdet = x.new_zeros(x.shape[0])
-        for net, (cond, upd) in zip(self.nets, self.partitions):
-            s, t, spline = self._conditioner(net, x[..., cond])
-            new = x[..., upd]
+        for net, cond, upd in self._couplings():
+            s, t, spline = self._conditioner(net, x.index_select(-1, cond))
+            new = x.index_select(-1, upd)
             if spline is not None:
                 new, log_slope = self._spline(new, spline, inverse=False)
                 logdet = logdet + log_slope.sum(dim=(1, 2))
-            x = _replace(x, upd, new * torch.exp(s) + t)
+            x = x.index_copy(-1, upd, new * torch.exp(s) + t)
             logdet = logdet + s.sum(dim=(1, 2))
         return x, logdet
 
     def generate(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """``(batch, n_blocks, k) -> (x, log|det dx/dz|)``; logdet of shape ``(batch,)``."""
         logdet = z.new_zeros(z.shape[0])
-        for net, (cond, upd) in zip(reversed(self.nets), reversed(self.partitions)):
-            s, t, spline = self._conditioner(net, z[..., cond])
-            new = (z[..., upd] - t) * torch.exp(-s)
+        for net, cond, upd in reversed(self._couplings()):
+            s, t, spline = self._conditioner(net, z.index_select(-1, cond))
+            new = (z.index_select(-1, upd) - t) * torch.exp(-s)
             if spline is not None:
                 new, log_slope = self._spline(new, spline, inverse=True)
                 logdet = logdet + log_slope.sum(dim=(1, 2))
-            z = _replace(z, upd, new)
+            z = z.index_copy(-1, upd, new)
             logdet = logdet - s.sum(dim=(1, 2))
         return z, logdet
-
-
-def _replace(x: Tensor, idx: list[int], values: Tensor) -> Tensor:
-    """Copy of ``x`` with ``x[..., idx] = values`` (out of place, autograd-safe)."""
-    out = x.clone()
-    out[..., idx] = values
-    return out
 
 
 class CirculantLinear(nn.Module):

@@ -266,7 +266,8 @@ def bridge_sampling(flow: Flow, target, n_flow: int, pi_samples: Tensor, generat
     ``pi_samples``: exact samples of ``pi``, ``(n2, *event_shape)`` (one chain in time order, or
     independent samples such as the output of
     :func:`deeprg.models.relaxed.reference_sampler`) or ``(steps, chains, *event_shape)`` (e.g.
-    latent HMC chains mapped to fields). ``callback(done, total)`` is called after each batch,
+    latent HMC chains mapped to fields), on any device (moved to the flow's once).
+    ``callback(done, total)`` is called after each batch,
     ``total = n_flow + n2``.
 
     On several processes (``world``, default :func:`deeprg.distributed.current`; a collective,
@@ -288,7 +289,7 @@ def bridge_sampling(flow: Flow, target, n_flow: int, pi_samples: Tensor, generat
     world = current() if world is None else world
     ref = next(flow.parameters())
     chain_shape = tuple(pi_samples.shape[: pi_samples.dim() - len(event)])
-    y = pi_samples.reshape((-1,) + event)
+    y = pi_samples.reshape((-1,) + event).to(ref.device)  # to the flow's device once, not batch by batch
     total = n_flow + len(y)
 
     def pi_side(part: Tensor) -> Tensor:
@@ -304,7 +305,7 @@ def bridge_sampling(flow: Flow, target, n_flow: int, pi_samples: Tensor, generat
         if callback is not None:
             callback(start + n, total)
     for start in range(0, len(y), batch):
-        part = y[start : start + batch].to(ref.device)
+        part = y[start : start + batch]
         l_pi.append(world.map_rows(pi_side, part).cpu())
         if callback is not None:
             callback(n_flow + start + len(part), total)

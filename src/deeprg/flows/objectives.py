@@ -77,24 +77,26 @@ class ReferenceSource(PiSource):
         self.position = 0
         self._cache: tuple[int, Tensor] | None = None
 
-    def _pool(self, k: int) -> Tensor:
+    def _pool(self, k: int, like: Tensor) -> Tensor:
+        """Pool ``k``, drawn when first needed and kept on ``like``'s device and in its dtype
+        (converted once per pool, not at every draw)."""
         if self._cache is None or self._cache[0] != k:
             import numpy as np
 
             seed = int(np.random.SeedSequence([self.seed, k]).generate_state(1, np.uint64)[0])
-            self._cache = (k, self.sample(self.pool, seed))
+            self._cache = (k, self.sample(self.pool, seed).to(device=like.device, dtype=like.dtype))
         return self._cache[1]
 
     def draw(self, flow: Flow, target, n: int) -> Tensor:
         parts, remaining = [], n
+        ref = next(flow.parameters())
         while remaining > 0:
             k, offset = divmod(self.position, self.pool)
             take = min(remaining, self.pool - offset)
-            parts.append(self._pool(k)[offset : offset + take])
+            parts.append(self._pool(k, ref)[offset : offset + take])
             self.position += take
             remaining -= take
-        ref = next(flow.parameters())
-        return torch.cat(parts).to(device=ref.device, dtype=ref.dtype)
+        return torch.cat(parts)
 
     def state_dict(self) -> dict:
         return {"position": self.position}
