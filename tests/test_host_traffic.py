@@ -210,3 +210,13 @@ def test_a_cora_training_step_brings_no_host_data_to_the_device(traffic):
     data = torch.from_numpy(np.random.default_rng(0).integers(0, 2, size=(64, 16)))
     trainer = Trainer(CoraTrainConfig(lattice_shape=[16], epochs=50, threads=1), data)
     assert traffic.per_step(lambda n: [trainer.step() for _ in range(n)]) == {}
+
+
+@pytest.mark.parametrize("shape", [(16,), (8, 8)])
+def test_cora_bayesian_inverse_brings_no_host_data_to_the_device_per_gibbs_sweep(traffic, shape):
+    from deeprg.cora import Cora, coarse_grain
+
+    net = Cora(shape, 2, init="random", seed=2)
+    fine = torch.from_numpy(np.random.default_rng(1).integers(0, 2, size=(32, net.n_sites(0))))
+    gen = torch.Generator().manual_seed(0)
+    assert traffic.per_step(lambda n: coarse_grain(net, 1, fine, sweeps=n, generator=gen)) == {}

@@ -93,12 +93,15 @@ def _coarse_grain(net: Cora, layer: int, fine: Tensor, prior: Tensor, sweeps: in
     values = torch.arange(d_fine, device=device)
     a, c = fine.clone(), fine.new_zeros(fine.shape[0], len(blocks))
     log_w_all = log_w.expand(len(blocks), *log_w.shape[1:])
+    classes = []  # per colour: its coarse sites J, their children, plaquettes and code powers, on the device once
+    for col in range(2**net.d):
+        J = np.flatnonzero(color == col)
+        children = geo.blocks[J]  # (nJ, k)
+        classes.append((torch.as_tensor(J, device=device), torch.as_tensor(children, device=device),
+                        torch.as_tensor(plaq_of[children], device=device),
+                        d_fine ** (k - 1 - torch.as_tensor(slot_of[children], device=device))))
     for _ in range(sweeps):
-        for col in range(2**net.d):
-            J = np.flatnonzero(color == col)
-            children = blocks[J]  # (nJ, k)
-            pq = torch.as_tensor(plaq_of[children.cpu().numpy()], device=device)
-            power = d_fine ** (k - 1 - torch.as_tensor(slot_of[children.cpu().numpy()], device=device))
+        for J, children, pq, power in classes:
             in_codes = encode(a[:, plaq], d_fine)[:, pq]  # (batch, nJ, k)
             base = in_codes - a[:, children] * power
             cand = base[..., None] + values * power[..., None]  # (batch, nJ, k, d_fine)
