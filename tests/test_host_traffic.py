@@ -151,6 +151,14 @@ def test_a_flow_training_step_brings_no_host_data_to_the_device(traffic, objecti
     assert traffic.per_step(run) == {}
 
 
+def test_a_flow_training_step_on_latent_hmc_samples_brings_no_host_data_to_the_device(traffic):
+    from deeprg.flows.train import FlowTrainConfig, Trainer
+
+    trainer = Trainer(FlowTrainConfig(L=4, batch=16, steps=20, hidden=[8], threads=1, objective="mixture",
+                                      pi_source="hmc", hmc_leapfrog=2))
+    assert traffic.per_step(lambda n: [trainer.step() for _ in range(n)]) == {}
+
+
 def test_a_convolutional_flow_training_step_brings_no_host_data_to_the_device(traffic):
     from deeprg.flows.train import FlowTrainConfig, Trainer
 
