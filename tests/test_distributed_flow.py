@@ -29,7 +29,7 @@ def _env() -> dict:
 
 def _config(tmp_path: Path) -> Path:
     path = tmp_path / "run.toml"
-    path.write_text("eval_samples = 64\n")
+    path.write_text("eval_samples = 64\ndiagnostics_every = 2\n")  # diagnostics gather the batch's rows
     return path
 
 
@@ -79,6 +79,14 @@ def test_two_processes_train_the_same_flow_as_one(one_and_two):
     losses = [(r["loss"], s["loss"]) for r, s in zip(a["history"], b["history"], strict=True)]
     assert all(abs(x - y) < 1e-9 * max(1.0, abs(x)) for x, y in losses)
     assert b["step"] == 5
+
+
+def test_the_diagnostics_of_two_processes_see_the_whole_batch_as_one_process_does(one_and_two):
+    _, _, runs = one_and_two
+    one, two = (json.loads((runs[n] / "metrics.json").read_text())["diagnostics"] for n in (1, 2))
+    assert one.keys() == two.keys() and one["step"] == two["step"] == 4
+    for key in ("reverse_ess", "structure_factor", "reference_structure_factor"):
+        assert two[key] == pytest.approx(one[key], rel=1e-6), key
 
 
 def test_only_rank_zero_writes_and_the_config_records_the_processes(one_and_two):

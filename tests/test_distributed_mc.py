@@ -47,6 +47,8 @@ def test_single_world_collectives_are_identities():
     a = np.arange(6, dtype=np.int8).reshape(3, 2)
     assert not SINGLE.distributed and SINGLE.main and SINGLE.share(7) == slice(0, 7)
     assert np.array_equal(SINGLE.all_gather_rows(a), a) and SINGLE.all_gather_rows(a) is not a
+    t = torch.from_numpy(a)
+    assert SINGLE.all_gather_tensor(t) is t and SINGLE.counts(7) == [7]
     assert SINGLE.gather_rows(a) is a or np.shares_memory(SINGLE.gather_rows(a), a)
     assert SINGLE.all_sum([1.5, 2.0]).tolist() == [1.5, 2.0]
     big = np.array([2**62, -(2**62)], dtype=np.int64)
@@ -292,10 +294,12 @@ def one_process(tmp_path_factory):
     return path, summary
 
 
-#: Both gathers on 2 processes, for rows split evenly (received in place, no copy) and unevenly
-#: (padded): every rank's rows ``r * 100 + arange``, shapes past axis 0 and dtypes kept.
+#: The row gathers on 2 processes (numpy arrays to every rank or to rank 0, tensors on their
+#: device), for rows split evenly (received in place, no copy) and unevenly (padded): every rank's
+#: rows ``r * 100 + arange``, shapes past axis 0 and dtypes kept.
 GATHERS = """
 import numpy as np
+import torch
 from deeprg.distributed import init, shutdown
 w = init()
 for counts in ((3, 3), (3, 2), (1, 4)):
@@ -308,6 +312,11 @@ for counts in ((3, 3), (3, 2), (1, 4)):
                 assert w.rank == 1
                 continue
             assert got.dtype == dtype and got.shape == want.shape and np.array_equal(got, want), (counts, dtype)
+        t = torch.from_numpy(mine)  # the tensor gather, on the tensor's device (here the CPU)
+        for got in (w.all_gather_tensor(t), w.all_gather_tensor(t, list(counts))):
+            assert isinstance(got, torch.Tensor) and got.dtype == t.dtype and got.device == t.device
+            assert np.array_equal(got.numpy(), want), (counts, dtype)
+    assert w.counts(5) == [2, 3] and sum(w.counts(1)) == 1
 shutdown(finished=True)
 print("ok", w.rank)
 """

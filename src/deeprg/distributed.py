@@ -20,7 +20,9 @@ Conventions that make results independent of the number of processes:
 * only rank 0 writes files (:attr:`World.main`); collective calls raise :class:`PeerLost` with a
   clear message when another process has died, so no rank hangs or writes half a result.
 
-Collectives take and return numpy arrays (or Python scalars) and travel as CPU tensors (gloo).
+Collectives take and return numpy arrays (or Python scalars) and travel as CPU tensors (gloo),
+except the gathers of tensors (:meth:`World.all_gather_tensor`, :meth:`World.map_rows`), which stay
+on the tensors' device (NCCL between GPUs).
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ class World:
 
     ``rank`` in ``[0, size)``; ``local_rank`` in ``[0, local_size)`` among the processes of this
     node; ``backend`` ``None`` (one process), ``"gloo"`` or ``"cpu:gloo,cuda:nccl"``. The
-    collectives below exchange CPU tensors (gloo); DDP's gradient buckets on GPUs go through NCCL.
+    collectives on numpy arrays below exchange CPU tensors (gloo); :meth:`all_gather_tensor` and
+    :meth:`map_rows` gather tensors on their own device, and DDP's gradient buckets on GPUs go
+    through NCCL.
     """
 
     rank: int = 0
@@ -196,6 +200,29 @@ class World:
             return out
         return np.concatenate([out[r * pad : r * pad + c] for r, c in enumerate(counts)])
 
+    def counts(self, n: int) -> list[int]:
+        """Every rank's number of items in :meth:`share` of ``n``, in rank order."""
+        return [len(range(n)[self.share(n, r)]) for r in range(self.size)]
+
+    def all_gather_tensor(self, local: torch.Tensor, counts: list[int] | None = None) -> torch.Tensor:
+        """:meth:`all_gather_rows` for a tensor, on its device: every rank's rows ``(n_r, ...)``
+        concatenated in rank order, on every rank. CUDA tensors travel device to device (NCCL in
+        the ``cpu:gloo,cuda:nccl`` group), CPU tensors through gloo: no copy through the host for
+        a GPU run. ``counts`` (every rank's ``n_r``, e.g. :meth:`counts`) saves one collective;
+        blocks are padded to the largest count. On one process ``local`` itself."""
+        if not self.distributed:
+            return local
+        counts = self._gather_counts(local) if counts is None else counts
+        pad = max(counts)
+        send = local.detach().contiguous()
+        if len(send) < pad:
+            send = torch.cat([send, send.new_zeros((pad - len(send),) + tuple(send.shape[1:]))])
+        out = send.new_empty((self.size * pad,) + tuple(send.shape[1:]))
+        self._run("all_gather", torch.distributed.all_gather, list(out.split(pad)), send)
+        if all(c == pad for c in counts):
+            return out
+        return torch.cat([out[r * pad : r * pad + c] for r, c in enumerate(counts)])
+
     def all_gather_objects(self, obj) -> list:
         """Every rank's ``obj`` in rank order, on every rank (pickled between the processes of
         this run, e.g. per-replica results of differing lengths); ``[obj]`` on one process."""
@@ -213,7 +240,8 @@ class World:
         whole ``x`` and everything else (random draws, accept decisions) the same on every
         process, so the result is the one-process result up to the rounding of batches of
         other sizes. A collective; on one process, or with fewer rows than processes, ``fn(x)``.
-        Outputs travel as float64 (exact for float32 and float64) in one gather."""
+        Outputs travel as float64 (exact for float32 and float64) in one gather, on their device
+        (:meth:`all_gather_tensor`)."""
         n = len(x)
         if not self.distributed or n < self.size:
             return fn(x)
@@ -221,12 +249,11 @@ class World:
         single = isinstance(out, torch.Tensor)
         parts = (out,) if single else tuple(out)
         flat = [p.detach().reshape(len(p), -1).to(torch.float64) for p in parts]
-        counts = [len(range(n)[self.share(n, r)]) for r in range(self.size)]
-        full = torch.from_numpy(self.all_gather_rows(torch.cat(flat, 1).cpu().numpy(), counts))
+        full = self.all_gather_tensor(torch.cat(flat, 1), self.counts(n))
         result, column = [], 0
         for p, f in zip(parts, flat, strict=True):
             width = f.shape[1]
-            result.append(full[:, column : column + width].reshape((n, *p.shape[1:])).to(p.device, p.dtype))
+            result.append(full[:, column : column + width].reshape((n, *p.shape[1:])).to(p.dtype))
             column += width
         return result[0] if single else tuple(result)
 

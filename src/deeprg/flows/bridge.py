@@ -301,7 +301,7 @@ def bridge_sampling(flow: Flow, target, n_flow: int, pi_samples: Tensor, generat
         split = world.distributed and n >= world.size
         x, log_q = flow.sample_and_log_prob(n, generator, rows=world.share(n) if split else None)
         lw = target.log_prob_unnormalized(x.double()) - log_q.double()
-        l_q.append(torch.from_numpy(world.all_gather_rows(lw.cpu().numpy())) if split else lw.cpu())
+        l_q.append((world.all_gather_tensor(lw, world.counts(n)) if split else lw).cpu())
         if callback is not None:
             callback(start + n, total)
     for start in range(0, len(y), batch):

@@ -179,13 +179,8 @@ def _weighted_draw(flow: Flow, target, n: int, generator: torch.Generator | None
     x, log_q = flow.sample_and_log_prob(n, generator, rows=world.share(n) if split else None)
     log_w = target.log_prob_unnormalized(x) - log_q
     if split:
-        x, log_w = _gather_rows(world, x), _gather_rows(world, log_w)
+        x, log_w = world.all_gather_tensor(x, world.counts(n)), world.all_gather_tensor(log_w, world.counts(n))
     return x, log_w
-
-
-def _gather_rows(world: World, t: Tensor) -> Tensor:
-    """Every process's rows of ``t`` in rank order, on ``t``'s device."""
-    return torch.from_numpy(world.all_gather_rows(t.detach().cpu().numpy())).to(t.device)
 
 
 def latent_log_prob(flow: Flow, target) -> Callable[[Tensor], Tensor]:

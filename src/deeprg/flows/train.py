@@ -416,8 +416,7 @@ class Trainer(TrainerBase):
             record["gap"] = record["loss"] - self.exact_free_energy
             record["relative_error"] = record["gap"] / abs(self.exact_free_energy)
         if cfg.diagnostics_every and self.step_count % cfg.diagnostics_every == 0:
-            x_all = torch.from_numpy(world.all_gather_rows(x.detach().cpu().numpy())).to(self.device)
-            log_w = torch.from_numpy(world.all_gather_rows(-f_detached.cpu().numpy())).to(self.device)
+            x_all, log_w = world.all_gather_tensor(x.detach()), world.all_gather_tensor(-f_detached)
             record.update(self.diagnostics(x_all, log_w))
         self.history.append(record)
         return record
