@@ -4,6 +4,7 @@
 # $OUT (the device tool's return folder; benchmarks/results when unset): cuda_tests.txt,
 # cuda_tests.xml, nvidia-smi.txt, device_cuda.{json,md}, device_check.log.
 # Usage, from the repository root:  bash benchmarks/device_check.sh [extra bench_device.py options]
+# (at most about 9 minutes: the tests stop at 4, the benchmark at 5, inside one 10-minute device call)
 set -u -o pipefail
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
@@ -17,10 +18,10 @@ export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
     || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
   python3 -c "import torch, deeprg; print('torch', torch.__version__, 'cuda', torch.version.cuda,
               torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA DEVICE')"
-  timeout 300 python3 -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider \
+  timeout 240 python3 -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider \
     --junitxml "$out/cuda_tests.xml" 2>&1 | tee "$out/cuda_tests.txt"
   echo "pytest exit status: $?"
-  timeout 360 python3 benchmarks/bench_device.py --device cuda --out "$out" "$@"
+  timeout 300 python3 benchmarks/bench_device.py --device cuda --out "$out" "$@"
   echo "bench_device exit status: $?"
   date -u
 } 2>&1 | tee "$out/device_check.log"
