@@ -22,3 +22,19 @@ def cli(capsys):
         return status, out.out, out.err
 
     return run
+
+
+@pytest.fixture
+def as_written_on():
+    """``rewrite(path, device)``: the checkpoint at ``path`` rewritten as if its run had computed
+    on ``device`` (its config's ``device`` key), e.g. what a GPU run leaves, without a GPU."""
+    import json
+
+    import torch
+
+    def rewrite(path, device):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state["config"] = json.dumps({**json.loads(state["config"]), "device": device})
+        torch.save(state, path)
+
+    return rewrite

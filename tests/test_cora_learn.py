@@ -102,6 +102,24 @@ def test_resume_from_checkpoint_is_exact(tmp_path, chain16, method, batch, stop_
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
 
 
+def test_a_checkpoint_from_another_device_type_resumes_with_a_fresh_generator(tmp_path, chain16, as_written_on):
+    cfg = CoraTrainConfig(lattice_shape=[16], method="layerwise", epochs=4, passes=1, batch=700, gibbs_sweeps=2,
+                          seed=3)
+    first = Trainer(cfg, chain16)
+    count = iter(range(1000))
+    first.train(should_stop=lambda: next(count) == 5, checkpoint=tmp_path / "ck.pt")
+    as_written_on(tmp_path / "ck.pt", "cuda")
+    runs = []
+    for _ in range(2):
+        resumed = Trainer(cfg, chain16)
+        with pytest.warns(RuntimeWarning, match=r"written on cuda; the generator of the minibatches and Gibbs sweeps "
+                                                r"cannot continue on cpu"):
+            resumed.load(tmp_path / "ck.pt")
+        resumed.train()
+        runs.append([p.detach().clone() for p in resumed.net.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
 def test_checkpoint_of_another_run_or_data_is_refused(tmp_path, chain16):
     cfg = CoraTrainConfig(lattice_shape=[16], epochs=1)
     trainer = Trainer(cfg, chain16)

@@ -137,3 +137,22 @@ def test_analyze_writes_maps_and_mutual_information(cli, run_dir, tmp_path):
     assert np.array(energy["plane"]).shape == (len(energy["values"]),) * 2 and min(energy["profile"]) == 0
     for name in ("analysis.json", "response_maps.png", "mutual_information.png", "latent_energy.png"):
         assert (out / name).exists()
+
+
+def test_a_run_trained_on_a_gpu_is_used_on_the_cpu_with_device_cpu(cli, run_dir, as_written_on):
+    """The commands on a run draw from their own --seed, so a GPU run's training generators do
+    not matter to them: no warning; without --device they name the missing GPU."""
+    import warnings
+
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "device": "cuda"}))
+    as_written_on(run_dir / "checkpoint.pt", "cuda")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="checkpoint .* was written on")
+        status, out, err = cli("flow", "estimate", run_dir, "--samples", "200", "--device", "cpu", "--json",
+                               "--quiet")
+    assert status == 0, err
+    assert json.loads(out)["device"] == "cpu"
+    if not torch.cuda.is_available():
+        status, _, err = cli("flow", "estimate", run_dir, "--samples", "200", "--quiet")
+        assert status == 2 and "device 'cuda'" in err and "use 'cpu'" in err

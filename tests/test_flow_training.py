@@ -70,6 +70,46 @@ def test_resume_from_checkpoint_is_exact(tmp_path):
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
 
 
+def test_a_checkpoint_from_another_device_type_resumes_with_fresh_generators(tmp_path, as_written_on):
+    """What a GPU run resumed on the CPU does (its checkpoint says cuda, which need not exist
+    here): the flow, Adam and the step continue; the noise generator, whose CUDA state cannot
+    drive a CPU generator, restarts from the seed and the step, with a warning, the same way
+    every time."""
+    cfg = FlowTrainConfig(L=4, steps=6, batch=16, **SMALL)
+    first = Trainer(cfg)
+    first.train(until=3, checkpoint=tmp_path / "ck.pt")
+    as_written_on(tmp_path / "ck.pt", "cuda")
+    runs = []
+    for _ in range(2):
+        resumed = Trainer(cfg)
+        with pytest.warns(RuntimeWarning, match=r"written on cuda; the flow's noise generator cannot continue on cpu"
+                                                r".* seeded from \[0, 3, 0\]"):
+            resumed.load(tmp_path / "ck.pt")
+        assert resumed.step_count == 3
+        assert all(torch.equal(a, b) for a, b in zip(first.flow.parameters(), resumed.flow.parameters()))
+        resumed.train()
+        runs.append([p.detach().clone() for p in resumed.flow.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    first.train()  # the uninterrupted run keeps its own stream
+    assert not all(torch.equal(a, b) for a, b in zip(first.flow.parameters(), runs[0]))
+
+
+def test_a_checkpoint_from_another_device_type_restarts_the_latent_hmc_generator_too(tmp_path, as_written_on):
+    cfg = FlowTrainConfig(L=4, steps=4, batch=16, objective="mixture", pi_source="hmc", hmc_leapfrog=2, **SMALL)
+    first = Trainer(cfg)
+    first.train(until=2, checkpoint=tmp_path / "ck.pt")
+    as_written_on(tmp_path / "ck.pt", "cuda")
+    resumed = Trainer(cfg)
+    with pytest.warns(RuntimeWarning) as caught:
+        resumed.load(tmp_path / "ck.pt")
+    messages = [str(w.message) for w in caught]
+    assert any("the flow's noise generator" in m and "[0, 2, 0]" in m for m in messages)
+    assert any("the latent HMC chains' generator" in m and "[0, 2, 1]" in m for m in messages)
+    assert torch.equal(resumed.pi_source.x, first.pi_source.x)  # the chains themselves continue
+    resumed.train()
+    assert resumed.step_count == 4
+
+
 def test_checkpoint_of_another_model_is_rejected(tmp_path):
     Trainer(FlowTrainConfig(L=4, steps=1, **SMALL)).save(tmp_path / "ck.pt")
     other = Trainer(FlowTrainConfig(L=4, steps=1, arch="tree", **SMALL))

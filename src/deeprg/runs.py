@@ -295,6 +295,50 @@ def load_checkpoint(path: str | Path, fmt: str, kind: str, schema: dict[str, typ
     return state
 
 
+def saved_device_type(config: dict, path: str | Path) -> str:
+    """``"cpu"`` or ``"cuda"``: the device type a checkpoint's run computed on, from its config's
+    ``device`` (``"cpu"`` for checkpoints older than that key); the device need not exist on
+    this machine. Raises :class:`CheckpointMismatch` for any other value."""
+    import torch
+
+    value = config.get("device", "cpu")
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise CheckpointMismatch(f"{str(path)!r} holds an unusable config (device {value!r})")
+    return device.type
+
+
+def restore_generator(generator, state, saved_type: str, key: list[int], path: str | Path, what: str) -> None:
+    """Continue the ``torch.Generator`` ``generator`` from a checkpoint's generator ``state``.
+
+    A checkpoint written on another device type (``saved_type``, from :func:`saved_device_type`)
+    holds another kind of generator's state: a CUDA generator's cannot drive a CPU generator,
+    nor the reverse. ``generator`` is then seeded from ``numpy.random.SeedSequence(key)`` (the
+    run's seed and its position, so a resumed run is still reproducible) and a
+    ``RuntimeWarning`` says that ``what`` (e.g. "the flow's noise") continues with a fresh
+    stream; the run goes on, but is not the one it would have been on one device type. On the
+    same device type the run continues exactly. Raises :class:`CheckpointMismatch` for a state
+    that does not fit ``generator``."""
+    import warnings
+
+    import numpy as np
+
+    here = generator.device.type
+    if saved_type == here:
+        try:
+            generator.set_state(state)
+        except (RuntimeError, ValueError, TypeError) as err:
+            raise CheckpointMismatch(f"{str(path)!r}: its generator state does not fit ({err})") from None
+        return
+    generator.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0]))
+    warnings.warn(f"checkpoint {str(path)!r} was written on {saved_type}; {what} cannot continue on {here}, so it "
+                  f"continues with a fresh stream seeded from {key} (the run differs from one that stayed on "
+                  f"{saved_type})", RuntimeWarning, stacklevel=3)
+
+
 def config_mismatch(saved: dict, current: dict, keys: Iterable[str]) -> str:
     """``"key: checkpoint a vs b, ..."`` for each of ``keys`` whose value differs between the
     ``saved`` and the ``current`` config dicts; empty when they all agree."""

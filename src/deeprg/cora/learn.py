@@ -52,7 +52,8 @@ from deeprg.cora.inverse import coarse_grain
 from deeprg.cora.marginals import check_window, cone_widths, layer_windows, window_marginals
 from deeprg.cora.network import INITS, Cora, check_lattice_shape
 from deeprg.config import DTYPE_NAMES, ConfigError, check_memory, check_types, cosine_factor, need, resolve_device, torch_dtype
-from deeprg.runs import CheckpointMismatch, RunDir, config_mismatch, save_checkpoint
+from deeprg.runs import (CheckpointMismatch, RunDir, config_mismatch, restore_generator, save_checkpoint,
+                         saved_device_type)
 from deeprg.runs import load_checkpoint as _load_checkpoint
 from deeprg.training import NonFiniteLoss, TrainerBase
 
@@ -371,7 +372,9 @@ class Trainer(TrainerBase):
 
     def load(self, path: str | Path) -> None:
         """Restore the state saved by :meth:`save`; config (but for device, threads and
-        checkpoint interval) and data must be the same."""
+        checkpoint interval) and data must be the same. A checkpoint written on another device
+        type restarts the generator from the seed and the stage, with a ``RuntimeWarning``
+        (:func:`deeprg.runs.restore_generator`)."""
         state = load_checkpoint(path)
         try:
             saved = json.loads(state["config"])
@@ -385,12 +388,15 @@ class Trainer(TrainerBase):
             raise CheckpointMismatch(f"checkpoint {str(path)!r} is for another run ({detail})")
         if state["data_sha256"] != self.digest:
             raise CheckpointMismatch(f"checkpoint {str(path)!r} was trained on other data")
+        saved_type = saved_device_type(saved, path)
         try:
             self.net.load_state_dict(state["network"])
-            self.generator.set_state(state["generator"])
             self.stage_index, self.stage_epoch = state["stage_index"], state["stage_epoch"]
             if not (0 <= self.stage_index <= len(self.stages) and 0 <= self.stage_epoch < self.cfg.epochs):
                 raise ValueError(f"stage {self.stage_index}, epoch {self.stage_epoch} out of range")
+            restore_generator(self.generator, state["generator"], saved_type,
+                              [self.cfg.seed, self.stage_index, self.stage_epoch], path,
+                              "the generator of the minibatches and Gibbs sweeps")
             level_data = state["level_data"]
             self.level_data = None if level_data is None else level_data.to(self.device, torch.long)
             self._begin_stage()

@@ -61,8 +61,11 @@ class PiSource(ABC):
     def state_dict(self) -> dict:
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
-        pass
+    def load_state_dict(self, state: dict, restore: Callable[[torch.Generator, Tensor], None] | None = None) -> None:
+        """Continue from :meth:`state_dict`; ``restore(generator, saved_state)`` continues a
+        generator (default ``generator.set_state``; the trainer passes one that reseeds a
+        checkpoint's generator written on another device type, see
+        :func:`deeprg.runs.restore_generator`)."""
 
 
 class ReferenceSource(PiSource):
@@ -101,7 +104,7 @@ class ReferenceSource(PiSource):
     def state_dict(self) -> dict:
         return {"position": self.position}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, restore: Callable[[torch.Generator, Tensor], None] | None = None) -> None:
         self.position = int(state["position"])
 
 
@@ -160,9 +163,9 @@ class LatentHMCSource(PiSource):
         return {"x": torch.empty(0) if self.x is None else self.x.cpu(), "step_size": self.step_size,
                 "generator": self.generator.get_state() if self.generator is not None else torch.empty(0)}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, restore: Callable[[torch.Generator, Tensor], None] | None = None) -> None:
         ref = self.generator.device if self.generator is not None else "cpu"
         self.x = None if state["x"].numel() == 0 else state["x"].to(ref)
         self.step_size = float(state["step_size"])
         if self.generator is not None and state["generator"].numel():
-            self.generator.set_state(state["generator"])
+            (restore or torch.Generator.set_state)(self.generator, state["generator"])

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -45,7 +46,8 @@ from deeprg.lattice import Lattice
 from deeprg.mc.stats import Estimate
 from deeprg.models.ising import parse_coupling
 from deeprg.models.relaxed import RelaxedIsing
-from deeprg.runs import CheckpointMismatch, RunDir, config_mismatch, save_checkpoint
+from deeprg.runs import (CheckpointMismatch, RunDir, config_mismatch, restore_generator, save_checkpoint,
+                         saved_device_type)
 from deeprg.runs import load_checkpoint as _load_checkpoint
 from deeprg.training import NonFiniteLoss, TrainerBase
 
@@ -467,11 +469,23 @@ class Trainer(TrainerBase):
             save_checkpoint(path, self.state_dict())
 
     def load(self, path: str | Path) -> None:
-        """Restore the state saved by :meth:`save`; the model-defining config must match."""
+        """Restore the state saved by :meth:`save`; the model-defining config must match. The
+        state moves to :attr:`device`. A checkpoint written on another device type (a GPU run
+        resumed on the CPU, or the reverse) holds another kind of generator's state: the noise
+        (and latent-HMC) generators then restart from the seed and the step, with a
+        ``RuntimeWarning`` (:func:`deeprg.runs.restore_generator`); on the same device type
+        the run continues exactly."""
         state = load_checkpoint(path)
         try:
-            saved = FlowTrainConfig(**json.loads(state["config"]))
+            config = json.loads(state["config"])
+            if not isinstance(config, dict):
+                raise TypeError(f"a JSON object, not {type(config).__name__}")
+            saved_type = saved_device_type(config, path)
+            # where a run computed does not define its model: a GPU run loads on a machine without one
+            saved = FlowTrainConfig(**{**config, "device": "cpu"})
         except (TypeError, ValueError, RecursionError) as err:
+            if isinstance(err, CheckpointMismatch):
+                raise
             raise CheckpointMismatch(f"{str(path)!r} holds an unusable flow config ({err})") from None
         detail = config_mismatch(saved.model_dict(), self.cfg.model_dict(), MODEL_KEYS)
         if detail:
@@ -480,15 +494,24 @@ class Trainer(TrainerBase):
             self.flow.load_state_dict(state["flow"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.generator.set_state(state["generator"])
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
             raise CheckpointMismatch(f"{str(path)!r} does not fit its config ({err})") from None
+        step = int(state["step"])
+        restore_generator(self.generator, state["generator"], saved_type, [self.cfg.seed, step, 0], path,
+                          "the flow's noise generator")
         if self.pi_source is not None:
+
+            def restore(generator: torch.Generator, saved_state: Tensor) -> None:
+                restore_generator(generator, saved_state, saved_type, [self.cfg.seed, step, 1], path,
+                                  "the latent HMC chains' generator")
+
             try:
-                self.pi_source.load_state_dict(state["pi_source"])
+                self.pi_source.load_state_dict(state["pi_source"], restore)
             except (KeyError, TypeError, ValueError, AttributeError) as err:
+                if isinstance(err, CheckpointMismatch):
+                    raise
                 raise CheckpointMismatch(f"{str(path)!r}: its pi-sample source state is unusable ({err})") from None
-        self.step_count = int(state["step"])
+        self.step_count = step
         self.wall_seconds = float(state["wall_seconds"])
         self.history = list(state["history"])
 
@@ -511,5 +534,9 @@ def load_run(run_dir: str | Path, device: str | None = None, threads: int | None
     if not run.checkpoint.exists():
         raise CheckpointMismatch(f"run directory {str(run.path)!r} is incomplete: {run.checkpoint.name} is missing")
     trainer = Trainer(cfg)
-    trainer.load(run.checkpoint)
+    with warnings.catch_warnings():
+        # the commands that use a run draw from their own --seed: whether the training's
+        # generators could continue on this device type does not matter to them
+        warnings.filterwarnings("ignore", message="checkpoint .* was written on", category=RuntimeWarning)
+        trainer.load(run.checkpoint)
     return trainer

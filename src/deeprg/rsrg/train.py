@@ -59,7 +59,6 @@ import hashlib
 import json
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -78,7 +77,8 @@ from deeprg.rsrg.rbm import (
     sample_spins,
     visible_field,
 )
-from deeprg.runs import CheckpointMismatch, RunDir, config_mismatch, save_checkpoint
+from deeprg.runs import (CheckpointMismatch, RunDir, config_mismatch, restore_generator, save_checkpoint,
+                         saved_device_type)
 from deeprg.runs import load_checkpoint as _load_checkpoint
 from deeprg.training import NonFiniteLoss, TrainerBase
 
@@ -410,7 +410,7 @@ class Trainer(TrainerBase):
         have been on a single device type. On the same device type the run continues exactly."""
         state = load_checkpoint(path)
         saved = _config_from_json(state["config"], path)
-        saved_device = _saved_device(state["config"], path)
+        saved_type = saved_device_type(json.loads(state["config"]), path)
         keys = [f.name for f in dataclasses.fields(RBMTrainConfig) if f.name not in RBMTrainConfig.RESUMABLE]
         detail = config_mismatch(saved.to_dict(), self.cfg.to_dict(), keys)
         if detail:
@@ -431,23 +431,15 @@ class Trainer(TrainerBase):
         if tuple(state["weights"].shape) != (f,) * d or tuple(state["filters"].shape[1:]) != (f,) * d:
             raise CheckpointMismatch(f"{str(path)!r}: filter of shape {tuple(state['weights'].shape)} does not fit "
                                      f"filter_size {f}")
-        moved = saved_device.type != self.device.type
         try:
             self.optimizer.load_state_dict(state["optimizer"])  # Adam moves its moments to the filter's device
-            if not moved:
-                self.generator.set_state(state["generator"])
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
             raise CheckpointMismatch(f"{str(path)!r} does not fit its config ({err})") from None
         self.weights.copy_(state["weights"])
         self.epoch = int(state["epoch"])
         self.batch_index = int(state["batch_index"])
-        if moved:
-            sequence = np.random.SeedSequence([self.cfg.seed, self.epoch, self.batch_index])
-            self.generator.manual_seed(int(sequence.generate_state(1, np.uint64)[0]))
-            warnings.warn(f"checkpoint {str(path)!r} was written on {saved_device.type}; its Gibbs generator cannot "
-                          f"continue on {self.device.type}, so the Gibbs chains continue with a fresh stream seeded "
-                          f"from seed {self.cfg.seed} at epoch {self.epoch}, minibatch {self.batch_index} (the run "
-                          f"differs from one that stayed on {saved_device.type})", RuntimeWarning, stacklevel=2)
+        restore_generator(self.generator, state["generator"], saved_type, [self.cfg.seed, self.epoch, self.batch_index],
+                          path, "the Gibbs chains' generator")
         self._sums = dict(state["sums"])
         self.chains = state["chains"].to(self.device) if state["chains"].numel() else None
         self.filters = [f.cpu() for f in state["filters"]]
@@ -475,26 +467,13 @@ def _on_host(obj):
 def _config_from_json(text: str, path: str | Path) -> RBMTrainConfig:
     """The saved config, with ``device`` set to ``cpu``: where a run was trained does not define
     it, and a run trained on a GPU must be readable on a machine without one (the saved device:
-    :func:`_saved_device`)."""
+    :func:`deeprg.runs.saved_device_type`)."""
     known = {f.name for f in dataclasses.fields(RBMTrainConfig)}
     try:
         values = {k: v for k, v in json.loads(text).items() if k in known}
         return RBMTrainConfig(**{**values, "device": "cpu"})
     except (TypeError, ValueError, AttributeError, RecursionError) as err:
         raise CheckpointMismatch(f"{str(path)!r} holds an unusable RBM config ({err})") from None
-
-
-def _saved_device(text: str, path: str | Path) -> torch.device:
-    """The device a checkpoint's run was trained on (``cpu`` for checkpoints older than the
-    ``device`` key); need not exist on this machine."""
-    value = json.loads(text).get("device", "cpu")
-    try:
-        device = torch.device(value)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise CheckpointMismatch(f"{str(path)!r} holds an unusable RBM config (device {value!r})")
-    return device
 
 
 def _lattice_shape(text: str, path: str | Path) -> tuple[int, ...]:
