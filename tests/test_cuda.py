@@ -77,6 +77,12 @@ def test_flow_train_command_runs_on_cuda(cli, tmp_path):
     assert status == 0, err
     metrics = json.loads(out)
     assert math.isfinite(metrics["variational_free_energy"]["mean"])
+    # the GPU run continues on the CPU: the CUDA generator's state cannot, so it restarts, with a warning
+    with pytest.warns(RuntimeWarning, match="written on cuda; the flow's noise generator cannot continue on cpu"):
+        status, out, err = cli("flow", "train", "--steps", "8", "--device", "cpu", "--resume", "--out", tmp_path / "run",
+                               "--quiet", "--json")
+    assert status == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["device"] == "cpu"
 
 
 def test_the_fft_target_on_the_gpu_matches_the_dense_target_on_the_cpu_in_float64():
