@@ -826,8 +826,9 @@ class SpinWriter(_Closing):
     def finish(self, metadata: dict[str, Any], threads: int | None = None) -> Path:
         """Write the archive with ``metadata`` (checked as :func:`save_dataset` does, its
         ``lattice_shape`` equal to this writer's), compressed on ``threads`` threads (default: the
-        usable cores), and move it to ``path``; remove the staging file. Raises :class:`DatasetError` if a row was never put or the metadata are invalid
-        (nothing written then)."""
+        usable cores), and move it to ``path``; remove the staging file. Raises
+        :class:`DatasetError` if a row was never put or the metadata are invalid (nothing written
+        then)."""
         missing = np.flatnonzero(~self._written)
         if missing.size:
             raise DatasetError(f"{self.path}: {missing.size} of {self.n} configurations were never put "

@@ -160,10 +160,7 @@ class World:
         local = np.ascontiguousarray(local)
         if not self.distributed:
             return local.copy()
-        counts = self._gather_counts(local) if counts is None else counts
-        send, out, parts = self._gather_buffers(local, counts, receive=True)
-        self._run("all_gather", torch.distributed.all_gather, parts, send)
-        return self._unpad(out, counts)
+        return self.all_gather_tensor(self._tensor(local), counts).numpy()
 
     def gather_rows(self, local: np.ndarray) -> np.ndarray | None:
         """:meth:`all_gather_rows` received by rank 0 only (``None`` on the other ranks), so that
@@ -172,33 +169,8 @@ class World:
         local = np.ascontiguousarray(local)
         if not self.distributed:
             return local
-        counts = self._gather_counts(local)
-        send, out, parts = self._gather_buffers(local, counts, receive=self.main)
-        self._run("gather", torch.distributed.gather, send, parts, dst=0)
-        return self._unpad(out, counts) if self.main else None
-
-    def _gather_buffers(self, local: np.ndarray, counts: list[int], receive: bool):
-        """What a gather of ``local`` sends and where it lands: the ranks' blocks are padded to
-        the largest count and received straight into one array (``out``, ``size x pad`` rows),
-        so equal counts (the usual case) cost no copy of the data besides the transfer itself:
-        for 10^5 configurations a process, fresh copies cost more than sending them."""
-        pad = max(counts)
-        send = local
-        if len(local) < pad:
-            send = np.zeros((pad,) + local.shape[1:], dtype=local.dtype)
-            send[: len(local)] = local
-        if not receive:
-            return self._tensor(send), None, None
-        out = np.empty((self.size * pad,) + local.shape[1:], dtype=local.dtype)
-        parts = [self._tensor(out[r * pad : (r + 1) * pad]) for r in range(self.size)]
-        return self._tensor(send), out, parts
-
-    @staticmethod
-    def _unpad(out: np.ndarray, counts: list[int]) -> np.ndarray:
-        pad = max(counts)
-        if all(c == pad for c in counts):
-            return out
-        return np.concatenate([out[r * pad : r * pad + c] for r, c in enumerate(counts)])
+        out = self._gather(self._tensor(local), self._gather_counts(local), to_all=False)
+        return None if out is None else out.numpy()
 
     def counts(self, n: int) -> list[int]:
         """Every rank's number of items in :meth:`share` of ``n``, in rank order."""
@@ -208,18 +180,30 @@ class World:
         """:meth:`all_gather_rows` for a tensor, on its device: every rank's rows ``(n_r, ...)``
         concatenated in rank order, on every rank. CUDA tensors travel device to device (NCCL in
         the ``cpu:gloo,cuda:nccl`` group), CPU tensors through gloo: no copy through the host for
-        a GPU run. ``counts`` (every rank's ``n_r``, e.g. :meth:`counts`) saves one collective;
-        blocks are padded to the largest count. On one process ``local`` itself."""
+        a GPU run. ``counts`` (every rank's ``n_r``, e.g. :meth:`counts`) saves one collective.
+        On one process ``local`` itself."""
         if not self.distributed:
             return local
-        counts = self._gather_counts(local) if counts is None else counts
+        return self._gather(local, self._gather_counts(local) if counts is None else counts, to_all=True)
+
+    def _gather(self, local: torch.Tensor, counts: list[int], to_all: bool) -> torch.Tensor | None:
+        """The rows of every rank in rank order, on every rank (``to_all``) or on rank 0 only
+        (``None`` elsewhere). The ranks' blocks are padded to the largest count and received
+        straight into one tensor (``size x pad`` rows), so equal counts (the usual case) cost no
+        copy of the data besides the transfer itself: for 10^5 configurations a process, fresh
+        copies cost more than sending them."""
         pad = max(counts)
         send = local.detach().contiguous()
         if len(send) < pad:
             send = torch.cat([send, send.new_zeros((pad - len(send),) + tuple(send.shape[1:]))])
-        out = send.new_empty((self.size * pad,) + tuple(send.shape[1:]))
-        self._run("all_gather", torch.distributed.all_gather, list(out.split(pad)), send)
-        if all(c == pad for c in counts):
+        receive = to_all or self.main
+        out = send.new_empty((self.size * pad,) + tuple(send.shape[1:])) if receive else None
+        parts = list(out.split(pad)) if receive else None
+        if to_all:
+            self._run("all_gather", torch.distributed.all_gather, parts, send)
+        else:
+            self._run("gather", torch.distributed.gather, send, parts, dst=0)
+        if not receive or all(c == pad for c in counts):
             return out
         return torch.cat([out[r * pad : r * pad + c] for r, c in enumerate(counts)])
 

@@ -403,6 +403,8 @@ class Trainer(TrainerBase):
             if self.optimizer is not None:
                 self.optimizer.load_state_dict(state["optimizer"])
                 self.scheduler.load_state_dict(state["scheduler"])
+        except CheckpointMismatch:  # from restore_generator: already says what
+            raise
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise CheckpointMismatch(f"{str(path)!r} does not fit its config ({err})") from None
         self.history = list(state["history"])

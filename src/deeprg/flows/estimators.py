@@ -179,7 +179,8 @@ def _weighted_draw(flow: Flow, target, n: int, generator: torch.Generator | None
     x, log_q = flow.sample_and_log_prob(n, generator, rows=world.share(n) if split else None)
     log_w = target.log_prob_unnormalized(x) - log_q
     if split:
-        x, log_w = world.all_gather_tensor(x, world.counts(n)), world.all_gather_tensor(log_w, world.counts(n))
+        counts = world.counts(n)
+        x, log_w = world.all_gather_tensor(x, counts), world.all_gather_tensor(log_w, counts)
     return x, log_w
 
 

@@ -418,7 +418,8 @@ class Trainer(TrainerBase):
             record["gap"] = record["loss"] - self.exact_free_energy
             record["relative_error"] = record["gap"] / abs(self.exact_free_energy)
         if cfg.diagnostics_every and self.step_count % cfg.diagnostics_every == 0:
-            x_all, log_w = world.all_gather_tensor(x.detach()), world.all_gather_tensor(-f_detached)
+            counts = world.counts(cfg.batch)  # the rows of every process: its share of the batch
+            x_all, log_w = world.all_gather_tensor(x.detach(), counts), world.all_gather_tensor(-f_detached, counts)
             record.update(self.diagnostics(x_all, log_w))
         self.history.append(record)
         return record
@@ -480,13 +481,11 @@ class Trainer(TrainerBase):
             config = json.loads(state["config"])
             if not isinstance(config, dict):
                 raise TypeError(f"a JSON object, not {type(config).__name__}")
-            saved_type = saved_device_type(config, path)
             # where a run computed does not define its model: a GPU run loads on a machine without one
             saved = FlowTrainConfig(**{**config, "device": "cpu"})
         except (TypeError, ValueError, RecursionError) as err:
-            if isinstance(err, CheckpointMismatch):
-                raise
             raise CheckpointMismatch(f"{str(path)!r} holds an unusable flow config ({err})") from None
+        saved_type = saved_device_type(config, path)
         detail = config_mismatch(saved.model_dict(), self.cfg.model_dict(), MODEL_KEYS)
         if detail:
             raise CheckpointMismatch(f"checkpoint {str(path)!r} is for another model ({detail})")
@@ -507,9 +506,9 @@ class Trainer(TrainerBase):
 
             try:
                 self.pi_source.load_state_dict(state["pi_source"], restore)
+            except CheckpointMismatch:  # from restore_generator: already says what
+                raise
             except (KeyError, TypeError, ValueError, AttributeError) as err:
-                if isinstance(err, CheckpointMismatch):
-                    raise
                 raise CheckpointMismatch(f"{str(path)!r}: its pi-sample source state is unusable ({err})") from None
         self.step_count = step
         self.wall_seconds = float(state["wall_seconds"])

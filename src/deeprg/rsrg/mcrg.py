@@ -203,8 +203,8 @@ class MCRGAccumulator:
         :meth:`merge` or, one part per process, :meth:`reduce`.
 
     Integer values (operator sums, :func:`~deeprg.rsrg.operators.operator_sums`) are accumulated
-    exactly in int64 (see the module docstring); the first :meth:`add` decides between that and float64 (non-integer
-    values, which :meth:`merge` and :meth:`reduce` refuse).
+    exactly in int64 (see the module docstring); the first :meth:`add` decides between that and
+    float64 (non-integer values, which :meth:`merge` and :meth:`reduce` refuse).
     """
 
     def __init__(self, n_configurations: int, levels: int, n_blocks: int = 32, d: int = 2, start: int = 0) -> None:
@@ -261,7 +261,8 @@ class MCRGAccumulator:
 
     def add(self, values: np.ndarray) -> None:
         """Add ``(batch, levels + 1, n_operators)`` operator values (levels 0 .. levels of each
-        configuration), in data order, continuing from ``start`` (or from the last configuration added)."""
+        configuration), in data order, continuing from ``start`` (or from the last configuration
+        added)."""
         v = np.asarray(values)
         expected = (self.levels + 1, len(self.operators.all))
         if v.ndim != 3 or v.shape[1:] != expected:
