@@ -15,7 +15,8 @@ maps, symmetrized) in ``--dtype`` (float32) at batch ``--batch`` (1024) on ``--d
 * importance sampling (:func:`deeprg.flows.estimators.importance_ln_z`, ``deeprg flow estimate``):
   samples per second over ``--is-batches`` batches of ``batch`` samples;
 * peak memory: ``torch.cuda.max_memory_allocated`` on a GPU (reset per size), the process's
-  maxrss on the CPU; the estimate of :meth:`FlowTrainConfig.memory_estimate` beside it. A size whose
+  maxrss on the CPU (whose heap keeps freed pages, :func:`deeprg.memory.keep_freed_memory`, as
+  the ``deeprg`` command's does, unless ``--allocator default``); the estimate of :meth:`FlowTrainConfig.memory_estimate` beside it. A size whose
   estimate exceeds the free device memory is skipped and says so.
 
 The flow is barely trained (the warm-up and timed steps): the rates do not depend on the weights.
@@ -146,7 +147,9 @@ def markdown(results: dict) -> str:
         f"{LEAPFROG} leapfrog steps per trajectory, median of {s['hmc_steps']}; importance sampling: "
         f"{s['is_batches']} batches of {s['batch']}. Peak memory: "
         + ("`torch.cuda.max_memory_allocated`" if s["device"].startswith("cuda") else "process maxrss (imports included)")
-        + "; estimate: `FlowTrainConfig.memory_estimate()`.",
+        + "; estimate: `FlowTrainConfig.memory_estimate()`. C heap: "
+        + ("freed pages kept for reuse (`deeprg.memory.keep_freed_memory`, as the `deeprg` command)."
+           if s.get("allocator", "kept") == "kept" else "glibc's default (blocks above 32 MB mapped afresh)."),
         "",
         "| L | N | step (s) | steps/s | samples/s (training) | HtoD copies per step | HMC trajectory (s) | "
         "IS samples/s | peak MB | estimate MB |",
@@ -175,6 +178,9 @@ def main() -> None:
     parser.add_argument("--hmc-steps", type=int, help="timed HMC trajectories [5; 2 with --quick]")
     parser.add_argument("--is-batches", type=int, help="importance-sampling batches [8; 2 with --quick]")
     parser.add_argument("--threads", type=int, default=None, help="torch threads on the CPU [all cores]")
+    parser.add_argument("--allocator", choices=("kept", "default"), default="kept",
+                        help="C heap: freed pages kept for reuse, as the deeprg command does [kept], or glibc's "
+                        "default (blocks above 32 MB mapped afresh at each allocation; results to device_<type>_default)")
     parser.add_argument("--out", help="output folder [benchmarks/results; a temporary folder with --quick]")
     args = parser.parse_args()
     # the flow is barely trained: its importance weights are heavy-tailed, which is no matter for rates
@@ -192,6 +198,10 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: this torch has no CUDA device")
+    from deeprg.memory import keep_freed_memory
+
+    if args.allocator == "kept" and not keep_freed_memory():  # as the deeprg command does
+        parser.error("--allocator kept needs glibc")
     if device.type == "cpu" and args.threads is not None:
         torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -199,7 +209,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = {"device": str(device), "device_name": name, "sizes": sizes, "batch": args.batch, "dtype": args.dtype,
                 "warmup": args.warmup, "steps": args.steps, "hmc_steps": args.hmc_steps,
-                "is_batches": args.is_batches, "threads": torch.get_num_threads()}
+                "is_batches": args.is_batches, "threads": torch.get_num_threads(), "allocator": args.allocator}
     if device.type == "cuda":
         settings["cuda"] = torch.version.cuda
     results = {"machine": describe(), "command": "python " + shlex.join(sys.argv), "quick": quick,
@@ -214,7 +224,7 @@ def main() -> None:
             print(f"L={L:4d} step {row['step_seconds']:.4f} s ({row['steps_per_second']:.2f}/s)  "
                   f"HMC trajectory {row['hmc_trajectory_seconds']:.4f} s  IS {row['is_samples_per_second']:.0f}/s  "
                   f"peak {row['peak_mb']:.0f} MB  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    stem = f"device_{device.type}"
+    stem = f"device_{device.type}" + ("_default" if args.allocator == "default" else "")
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / f"{stem}.md").write_text(markdown(results))
     print(markdown(results))

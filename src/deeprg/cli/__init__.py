@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from deeprg.config import ConfigError
     from deeprg.data import DatasetError
+    from deeprg.memory import keep_freed_memory
     from deeprg.runs import CheckpointMismatch
 
+    keep_freed_memory()  # large tensors reuse freed pages instead of faulting them in again
     try:
         joined = _join_processes(args, argv)
     except (UsageError, ValueError) as err:

@@ -35,6 +35,7 @@ from deeprg.cli.common import (
     print_json,
     writable_file,
 )
+from deeprg.config import available_memory
 from deeprg.data import SpinWriter, dataset_metadata
 from deeprg.mc import SAMPLERS, estimate, jackknife, make_sampler
 from deeprg.mc.samplers import MIN_AUTO_BURN_IN
@@ -116,11 +117,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--json", action="store_true", help="print a machine-readable summary")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(run=run, distributed=True)
-
-
-def available_memory() -> int:
-    """Free physical memory in bytes (``os.sysconf``: available pages times the page size)."""
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def estimated_memory(n: int, n_sites: int, chains: int) -> int:
