@@ -202,6 +202,7 @@ def main() -> None:
 
     if args.allocator == "kept" and not keep_freed_memory():  # as the deeprg command does
         parser.error("--allocator kept needs glibc")
+    torch.set_flush_denormal(True)  # as the deeprg command does
     if device.type == "cpu" and args.threads is not None:
         torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

@@ -66,6 +66,7 @@ def measure(L: int, method: str, allocator: str, batch: int, warmup: int, steps:
 
     if allocator == "kept" and not keep_freed_memory():
         raise SystemExit("--allocator kept needs glibc")
+    torch.set_flush_denormal(True)  # as the deeprg command does
 
     torch.set_num_threads(threads)
     baseline = peak_mb()

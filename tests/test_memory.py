@@ -84,15 +84,6 @@ def test_kept_memory_serves_repeated_large_allocations_without_faulting_them_in_
     assert faults_of_repeated_allocations("keep") < one_round // 3
 
 
-def test_the_command_line_keeps_freed_memory(monkeypatch, capsys):
-    from deeprg.cli import main
-
-    calls = []
-    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(True) or True)
-    assert main(["exact", "ising", "--L", "4", "--beta", "0.4"]) == 0
-    assert calls == [True]
-
-
 def test_the_memory_check_counts_the_heap_slack_on_the_cpu(monkeypatch):
     """A CPU run is refused when its tensors fit but their peak resident size with the kept
     heap (HEAP_SLACK times the tensors) does not."""

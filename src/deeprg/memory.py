@@ -10,8 +10,8 @@ glibc behaves in two ways that cost deeprg's long loops dearly:
   of kernel time out of 5.6 s. :func:`keep_freed_memory` serves every block from the heap and
   keeps freed pages for the next allocation: 3,000 faults and 0.04 s of kernel time. Measured by
   ``benchmarks/bench_device.py`` and ``bench_lattice_scaling.py`` (kept against glibc's default):
-  a flow step with batch 1024 takes 1.7 s instead of 3.1 s at 32x32 and 7.4 s instead of 19.9 s
-  at 64x64; with batch 64 at 128x128, 3.1 s instead of 4.7 s; the peak resident size is 10-20%
+  a flow step with batch 1024 takes 1.75 s instead of 3.1 s at 32x32 and 7.2 s instead of 18.7 s
+  at 64x64; with batch 64 at 128x128, 3.3 s instead of 4.5 s; the peak resident size is 5-20%
   larger (freed blocks are reused rather than unmapped). The ``deeprg`` command line calls it at
   start-up; a program that uses deeprg as a library may call it itself.
 * **Long loops of mid-sized tensors fragment the heap.** An HMC run on a 32x32 lattice (11
