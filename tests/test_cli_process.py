@@ -1,11 +1,13 @@
 """The process-wide settings of the ``deeprg`` command: the C heap keeps freed memory, and the
-commands that compute with torch flush subnormal floats to zero."""
+commands that compute with torch flush subnormal floats to zero while they run."""
 
 import subprocess
 import sys
 import textwrap
 
-from deeprg import memory
+import torch
+
+from deeprg import cli, memory
 from deeprg.cli import main
 
 
@@ -16,33 +18,34 @@ def test_the_command_line_keeps_freed_memory(monkeypatch):
     assert calls == [True]
 
 
-#: In a fresh process: run a deeprg command, then print whether torch is loaded and what a
-#: subnormal float32 (1e-39, below the smallest normal 1.18e-38) times 2 becomes.
-AFTER_A_COMMAND = textwrap.dedent("""
-    import sys
-    from deeprg.cli import main
-    try:
-        main(sys.argv[1:])
-    except SystemExit:
-        pass
-    if "torch" not in sys.modules:
-        print("no torch")
-    else:
-        import torch
-        print(float(torch.tensor([1e-39]) * 2))
-""")
+def twice_a_subnormal() -> float:
+    """1e-39 (below float32's smallest normal, 1.18e-38) times 2 in float32: 0 when flushed."""
+    return float(torch.tensor([1e-39]) * 2)
 
 
-def after(tmp_path, *argv) -> str:
-    out = subprocess.run([sys.executable, "-c", AFTER_A_COMMAND, *map(str, argv)], capture_output=True, text=True,
-                         check=True, cwd=tmp_path)
-    return out.stdout.strip().splitlines()[-1]
+def test_commands_computing_with_torch_flush_subnormal_floats_while_they_run(monkeypatch, tmp_path):
+    seen = []
+    parse_args = cli.Parser.parse_args
+
+    def probed(self, *args, **kwargs):
+        namespace = parse_args(self, *args, **kwargs)
+        run = namespace.run
+        namespace.run = lambda ns: seen.append(twice_a_subnormal()) or run(ns)
+        return namespace
+
+    monkeypatch.setattr(cli.Parser, "parse_args", probed)
+    assert twice_a_subnormal() > 0  # torch's default
+    assert main(["flow", "train", "--L", "4", "--steps", "1", "--out", tmp_path / "run", "--quiet"]) == 0
+    assert seen == [0.0]
+    assert twice_a_subnormal() > 0  # restored for the caller (hypothesis, for one, needs subnormals)
 
 
-def test_commands_computing_with_torch_flush_subnormal_floats(tmp_path):
-    assert float(after(tmp_path, "flow", "train", "--L", "4", "--steps", "1", "--out", "run", "--quiet")) == 0.0
-    assert float(after(tmp_path, "flow", "train", "--help-not")) > 0  # torch's default: a refused command sets nothing
-
-
-def test_commands_without_torch_do_not_load_it(tmp_path):
-    assert after(tmp_path, "exact", "ising", "--L", "4", "--beta", "0.4") == "no torch"
+def test_commands_without_torch_do_not_load_it():
+    script = textwrap.dedent("""
+        import sys
+        from deeprg.cli import main
+        main(["exact", "ising", "--L", "4", "--beta", "0.4"])
+        print("torch" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "False"

@@ -70,11 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     from deeprg.runs import CheckpointMismatch
 
     keep_freed_memory()  # large tensors reuse freed pages instead of faulting them in again
-    torch = sys.modules.get("torch")  # imported by the commands that compute with it
-    if torch is not None:
-        # subnormal floats (tiny backward-pass gradients) made flow training steps 4x slower on
-        # Intel CPUs; flushed to zero, the numbers stay the same (docs/runs.md, "Floating point")
-        torch.set_flush_denormal(True)
     try:
         joined = _join_processes(args, argv)
     except (UsageError, ValueError) as err:
@@ -85,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
         mismatch, lost = (DistributedMismatch,), (PeerLost,)
     status = None
+    torch = sys.modules.get("torch")  # imported by the commands that compute with it
+    if torch is not None:
+        # subnormal floats (tiny backward-pass gradients) made flow training steps 4x slower on
+        # Intel CPUs; flushed to zero, the numbers stay the same (docs/runs.md, "Floating point")
+        torch.set_flush_denormal(True)
     try:
         status = args.run(args)
         return status
@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     finally:
+        if torch is not None:  # a caller in the same process gets torch's default back
+            torch.set_flush_denormal(False)
         if joined:
             from deeprg import distributed
 
