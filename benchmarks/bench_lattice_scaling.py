@@ -14,7 +14,8 @@ does; ``default``, glibc's default, which maps every block above 32 MB afresh), 
 * flow training: the default architecture of :class:`deeprg.flows.train.FlowTrainConfig` (MERA,
   4 couplings, hidden 32 32, site and linear maps, symmetrized, float32) at ``--batch`` (64) with
   that target, through :class:`deeprg.flows.train.Trainer`: ``--warmup`` steps, then the median
-  and mean time of ``--steps`` timed steps, and the peak resident memory of the process.
+  and mean time of ``--steps`` timed steps, their minor page faults and kernel CPU time per step
+  (``getrusage``), and the peak resident memory of the process.
 
 The exponent of time against ``N = L^2`` (least squares of ``ln t`` on ``ln N``) is fitted per
 method and allocator over the sizes it ran. Run from the repository root:
@@ -87,10 +88,12 @@ def measure(L: int, method: str, allocator: str, batch: int, warmup: int, steps:
     for _ in range(warmup):
         trainer.step()
     step_times = []
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(steps):
         t0 = time.perf_counter()
         record = trainer.step()
         step_times.append(time.perf_counter() - t0)
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "L": L, "n_sites": L * L, "method": method, "allocator": allocator, "batch": batch, "threads": threads,
         "target_build_seconds": build_seconds,
@@ -99,6 +102,8 @@ def measure(L: int, method: str, allocator: str, batch: int, warmup: int, steps:
         "step_seconds": statistics.median(step_times),
         "step_seconds_mean": statistics.fmean(step_times),
         "step_seconds_all": step_times,
+        "page_faults_per_step": (usage1.ru_minflt - usage0.ru_minflt) / steps,
+        "kernel_seconds_per_step": (usage1.ru_stime - usage0.ru_stime) / steps,
         "last_loss": record["loss"],
         "peak_memory_mb": peak_mb(),
         "baseline_memory_mb": baseline,
@@ -137,15 +142,16 @@ def markdown(results: dict) -> str:
         f"Dense is skipped when 8 N^2 bytes > {s['dense_limit_gb']} GB.",
         "",
         "| L | N | method | allocator | target build (s) | target log_prob+grad (ms) | target peak MB | step (s) | "
-        "peak MB | estimate MB |",
-        "|" + " --- |" * 10,
+        "page faults / step | kernel s / step | peak MB | estimate MB |",
+        "|" + " --- |" * 12,
     ]
     for r in results["rows"]:
         if r.get("skipped"):
-            lines.append(f"| {r['L']} | {r['n_sites']} | {r['method']} | {r['allocator']} | {r['skipped']} | | | | | |")
+            lines.append(f"| {r['L']} | {r['n_sites']} | {r['method']} | {r['allocator']} | {r['skipped']} | | | | | | | |")
             continue
         lines.append(f"| {r['L']} | {r['n_sites']} | {r['method']} | {r['allocator']} | {r['target_build_seconds']:.3f} | "
                      f"{r['target_seconds'] * 1e3:.2f} | {r['target_peak_memory_mb']:.0f} | {r['step_seconds']:.3f} | "
+                     f"{r['page_faults_per_step']:.0f} | {r['kernel_seconds_per_step']:.3f} | "
                      f"{r['peak_memory_mb']:.0f} | {r['memory_estimate_mb']:.0f} |")
     lines += ["", "Fitted exponent of time against N (t ~ N^p):", "",
               "| method, allocator | training step | target log_prob+grad |", "| --- | --- | --- |"]

@@ -224,7 +224,7 @@ def _gib(n: float) -> str:
 #: freed heap blocks for reuse (:func:`deeprg.memory.keep_freed_memory`), and blocks are reused
 #: rather than unmapped. Measured for flow training (maxrss less the imports, over
 #: ``FlowTrainConfig.memory_estimate``): 1.11-1.27 at 32x32 (two runs) and 1.10 at 64x64 with batch
-#: 1024, 1.16 at 128x128 with batch 64 (1.00-1.05 with glibc's default heap);
+#: 1024, 1.16-1.17 at 128x128 with batch 64 (1.00-1.05 with glibc's default heap);
 #: ``benchmarks/results/device_cpu.md`` and ``lattice_scaling.md``.
 HEAP_SLACK = 1.3
 

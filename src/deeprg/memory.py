@@ -6,12 +6,12 @@ glibc behaves in two ways that cost deeprg's long loops dearly:
 * **Large blocks are mapped afresh for every allocation.** A block above glibc's mmap threshold
   (at most 32 MB) is a private mapping of its own, returned to the kernel when freed; the next
   allocation of it faults every page in again, and the kernel zeroes each page. A flow training
-  step at 128x128 (batch 64, activations of about 130 MB each) took 765,000 page faults and 2.5 s
-  of kernel time out of 5.6 s. :func:`keep_freed_memory` serves every block from the heap and
-  keeps freed pages for the next allocation: 3,000 faults and 0.04 s of kernel time. Measured by
-  ``benchmarks/bench_device.py`` and ``bench_lattice_scaling.py`` (kept against glibc's default):
-  a flow step with batch 1024 takes 1.75 s instead of 3.1 s at 32x32 and 7.2 s instead of 18.7 s
-  at 64x64; with batch 64 at 128x128, 3.3 s instead of 4.5 s; the peak resident size is 5-20%
+  step at 128x128 (batch 64, activations of about 130 MB each) took 540,000 page faults and 1.5 s
+  of kernel time out of 4.1 s. :func:`keep_freed_memory` serves every block from the heap and
+  keeps freed pages for the next allocation: 11,000 faults and 0.16 s of kernel time, 3.1 s per
+  step. Measured by ``benchmarks/bench_lattice_scaling.py`` and ``bench_device.py`` (kept against
+  glibc's default): a flow step with batch 1024 takes 1.75 s instead of 3.1 s at 32x32 and 7.2 s
+  instead of 18.7 s at 64x64; the peak resident size is 5-20%
   larger (freed blocks are reused rather than unmapped). The ``deeprg`` command line calls it at
   start-up; a program that uses deeprg as a library may call it itself.
 * **Long loops of mid-sized tensors fragment the heap.** An HMC run on a 32x32 lattice (11
