@@ -11,9 +11,9 @@ glibc behaves in two ways that cost deeprg's long loops dearly:
   keeps freed pages for the next allocation: 11,000 faults and 0.16 s of kernel time, 3.1 s per
   step. Measured by ``benchmarks/bench_lattice_scaling.py`` and ``bench_device.py`` (kept against
   glibc's default): a flow step with batch 1024 takes 1.75 s instead of 3.1 s at 32x32 and 7.2 s
-  instead of 18.7 s at 64x64; the peak resident size is 5-20%
-  larger (freed blocks are reused rather than unmapped). The ``deeprg`` command line calls it at
-  start-up; a program that uses deeprg as a library may call it itself.
+  instead of 18.7 s at 64x64; the peak resident size is 5-20% larger (freed blocks are reused
+  rather than unmapped). The ``deeprg`` command line calls it at start-up; a program that uses
+  deeprg as a library may call it itself.
 * **Long loops of mid-sized tensors fragment the heap.** An HMC run on a 32x32 lattice (11
   gradient evaluations per step, tensors of a few hundred kilobytes) grew its resident size by
   about 0.5 MB per step until a 10,000-step run was killed at 22 GB. Lowering the mmap threshold
